@@ -1,0 +1,1 @@
+"""Shipped sample data and its procedural generator (synth.py)."""

@@ -1,0 +1,141 @@
+"""``pyengine verify``: run a model on the shipped 2D sample and compare it, module by module, with an fp64 eager
+reference holding the same weights. The table lists each module that an accelerated backend replaces (MHG
+encoders, SHR/CHI blocks, spatial/temporal blocks, TRA, SUSA units ...), the backend it ran on and its deviation.
+"""
+import inspect
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import arch as archs
+from .load import load
+from .testing import randomize_, rel_error
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "sample_walk.npz")
+# Relative-error tolerances against the fp64 reference, per compute dtype.
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float64: 1e-10}
+
+# (pattern on the module name, kind) of the modules the kernels replace, per architecture family.
+WATCHED = {
+    "mhformer": [(r"Transformer_encoder_\d", "MHG encoder"), (r"embedding_\d", "embedding"),
+                 (r"Transformer_hypothesis\.SHR_blocks\.\d+", "SHR block"),
+                 (r"Transformer_hypothesis\.CHI_blocks\.0", "CHI block"), (r"regression", "regression")],
+    "mixste": [(r"STEblocks\.\d+", "spatial block"), (r"TTEblocks\.\d+", "temporal block"),
+               (r"cross_attention", "TRA"), (r"head", "head")],
+    "susa": [(r"(hconv|wconv)", "SUSA"), (r"branch2\.\d(\.(hconv|wconv))?", "X-shuffle part")],
+}
+
+
+def watched(arch):
+    fam = archs.family(arch)
+    return WATCHED["mhformer" if fam == "mhformer" else "mixste" if "mixste" in fam else "susa"]
+
+
+@dataclass
+class Row:
+    module: str
+    kind: str
+    backend: str
+    rel: float
+    tol: float
+
+    @property
+    def ok(self):
+        return self.rel <= self.tol
+
+
+def sample_windows(frames, n_joints, batch):
+    """``batch`` windows of ``frames`` frames from the shipped walking sequence, screen-normalised and
+    edge-padded at the sequence ends (SPEC.md §4)."""
+    data = np.load(DATA)
+    kp = data["keypoints_2d"].astype(np.float64)
+    w, h = float(data["width"]), float(data["height"])
+    kp = kp / w * 2 - np.array([1.0, h / w])
+    if n_joints != kp.shape[1]:
+        raise ValueError(f"verify: the shipped sample has {kp.shape[1]} joints, the model expects {n_joints}")
+    T, pad = len(kp), frames // 2
+    padded = np.concatenate([kp[:1].repeat(pad, 0), kp, kp[-1:].repeat(frames - 1 - pad, 0)])
+    centres = np.linspace(0, T - 1, batch).round().astype(int)
+    return torch.from_numpy(np.stack([padded[c:c + frames] for c in centres])).float()
+
+
+def capture(model, names):
+    """Register hooks that store each named module's output; returns (store, handles)."""
+    store, handles = {}, []
+    modules = dict(model.named_modules())
+    for name in names:
+        def hook(_m, _inp, out, name=name):
+            outs = out if isinstance(out, tuple) else (out,)
+            store[name] = torch.cat([o.detach().reshape(-1) for o in outs if isinstance(o, torch.Tensor)])
+        handles.append(modules[name].register_forward_hook(hook))
+    return store, handles
+
+
+def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, device="cpu", batch=2, seed=0,
+        **config):
+    """Return ``(rows, info)``: one Row per watched module plus the whole model's output."""
+    if checkpoint is not None:
+        model = load(checkpoint, arch=arch, backend=backend, dtype=dtype, device=device, **config)
+        source = checkpoint
+    else:
+        if arch not in archs.MODELS:
+            raise ValueError(f"arch: expected one of {sorted(archs.MODELS)}, got {arch!r}")
+        kwargs = {**archs.constructor_args(arch), **config}
+        missing = sorted(k for k, v in kwargs.items() if v is inspect.Parameter.empty)
+        if missing:
+            raise ValueError(f"verify: arch {arch!r} with random weights needs {missing} (e.g. --channels 40)")
+        model = load(randomize_(archs.MODELS[arch](**kwargs), seed), backend=backend, dtype=dtype,
+                     device=device)
+        source = f"random weights (seed {seed})"
+    info = model.pyengine
+    reference = archs.MODELS[info.arch](**info.config)
+    reference.load_state_dict(model.state_dict())
+    reference = reference.double().eval()
+
+    fam = archs.family(info.arch)
+    if fam in ("hsusa", "wsusa", "hwsusa", "sx_shuffle_unit", "px_shuffle_unit"):
+        channels = info.config.get("channels", info.config.get("in_channels"))
+        x = torch.randn(batch, channels, 16, 12, generator=torch.Generator().manual_seed(seed))
+        inputs = "random feature maps [%d, %d, 16, 12]" % (batch, channels)
+    else:
+        x = sample_windows(info.config["frames"], info.config["n_joints"], batch)
+        inputs = f"{os.path.basename(DATA)}, {batch} windows of {info.config['frames']} frames"
+
+    names = [n for n, _ in model.named_modules() if n and any(re.fullmatch(p, n) for p, _ in watched(info.arch))]
+    kinds = {n: next(k for p, k in watched(info.arch) if re.fullmatch(p, n)) for n in names}
+    got, h1 = capture(model, names)
+    want, h2 = capture(reference, names)
+    with torch.no_grad():
+        out = model(x.to(device), **({"return_index": True} if info.arch == "hot_mixste" else {}))
+        ref_kwargs = {}
+        if isinstance(out, tuple):  # TPC/HoT models: the reference reuses the engine's token selection
+            out, index = out
+            ref_kwargs = {"index": index.cpu()}
+        ref_out = reference(x.double(), **ref_kwargs)
+        ref_out = ref_out[0] if isinstance(ref_out, tuple) else ref_out
+    for h in h1 + h2:
+        h.remove()
+    tol = TOLERANCE[dtype]
+    rows = [Row(n, kinds[n], info.backend, rel_error(got[n], want[n]), tol) for n in names]
+    rows.append(Row("(whole model output)", "model", info.backend, rel_error(out, ref_out), tol))
+    return rows, {"arch": info.arch, "config": info.config, "reason": info.reason, "source": source,
+                  "inputs": inputs, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
+
+
+def format_table(rows, meta):
+    cfg = ", ".join(f"{k}={v}" for k, v in meta["config"].items())
+    lines = [f"pyengine verify: {meta['arch']} ({cfg})",
+             f"weights: {meta['source']}; input: {meta['inputs']}; dtype {meta['dtype']} on {meta['device']}",
+             "deviation = max|engine - fp64 eager reference| / max|reference|", ""]
+    head = f"{'module':<40} {'kind':<15} {'backend':<10} {'deviation':>10} {'tolerance':>10}  status"
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.module:<40} {r.kind:<15} {r.backend:<10} {r.rel:>10.2e} {r.tol:>10.0e}  "
+                     f"{'ok' if r.ok else 'FAIL'}")
+    bad = [r.module for r in rows if not r.ok]
+    lines += ["", f"FAILED: {len(bad)} module(s) over tolerance: {bad}" if bad else
+              f"OK: {len(rows)} checks within tolerance"]
+    return "\n".join(lines)
