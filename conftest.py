@@ -1,5 +1,7 @@
-"""Test configuration. CI has no GPU: Triton kernels run under the interpreter, which must be switched on
-before triton is first imported."""
+"""Test and benchmark configuration, shared by tests/ and benchmarks/.
+
+CI has no GPU: Triton kernels run under the interpreter, which must be switched on before triton is first
+imported."""
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
