@@ -25,7 +25,8 @@ WATCHED = {
                  (r"Transformer_hypothesis\.CHI_blocks\.0", "CHI block"), (r"regression", "regression")],
     "mixste": [(r"STEblocks\.\d+", "spatial block"), (r"TTEblocks\.\d+", "temporal block"),
                (r"cross_attention", "TRA"), (r"head", "head")],
-    "susa": [(r"(hconv|wconv)", "SUSA"), (r"branch2\.\d(\.(hconv|wconv))?", "X-shuffle part")],
+    "susa": [(r"(branch2\.[02]\.)?(hconv|wconv)", "SUSA"), (r"branch2\.[02]", "SUSA"),
+             (r"branch2\.1", "dw conv + BN")],
 }
 
 

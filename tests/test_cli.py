@@ -1,0 +1,67 @@
+"""`pyengine verify`: the table, the exit codes, and its use with checkpoints."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pyengine import cli, verify
+from pyengine.models import MHFormer
+from pyengine.testing import randomize_
+
+
+def run(capsys, *args):
+    code = cli.main(["verify", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_verify_small_mhformer_lists_every_accelerated_module(capsys):
+    code, out, _ = run(capsys, "--arch", "mhformer", "--frames", "27", "--channel", "32", "--d-hid", "48")
+    assert code == 0, out
+    for name in ("Transformer_encoder_1", "Transformer_encoder_3", "Transformer_hypothesis.SHR_blocks.1",
+                 "Transformer_hypothesis.CHI_blocks.0", "regression", "(whole model output)"):
+        assert name in out
+    assert "reference" in out and "OK: 11 checks within tolerance" in out
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--arch", "tpc_mhformer", "--frames", "27", "--channel", "32", "--d-hid", "48", "--token-num", "9"],
+     "SHR block"),
+    (["--arch", "hot_mixste", "--frames", "27", "--channel", "32", "--depth", "3", "--token-num", "9",
+      "--layer-index", "1"], "TRA"),
+    (["--arch", "tpc_mixste", "--frames", "27", "--channel", "32", "--depth", "3", "--token-num", "9",
+      "--layer-index", "2"], "temporal block"),
+    (["--arch", "px_shuffle_unit", "--in-channels", "40", "--out-channels", "40"], "SUSA"),
+])
+def test_verify_other_architectures(capsys, args, expect):
+    code, out, _ = run(capsys, *args)
+    assert code == 0, out
+    assert expect in out
+
+
+def test_verify_checkpoint_and_deviation_exit_code(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "m.pth"
+    torch.save(randomize_(MHFormer(frames=27, channel=32, d_hid=48), seed=2).state_dict(), path)
+    code, out, _ = run(capsys, "--checkpoint", str(path))
+    assert code == 0 and f"weights: {path}" in out
+    # A tolerance no computation can meet must fail the run with exit code 1.
+    monkeypatch.setitem(verify.TOLERANCE, torch.float32, 0.0)
+    code, out, _ = run(capsys, "--checkpoint", str(path))
+    assert code == 1 and "FAILED" in out
+
+
+def test_verify_usage_errors_exit_2(capsys, tmp_path):
+    code, _, err = run(capsys, "--checkpoint", str(tmp_path / "missing.pth"))
+    assert code == 2 and "no such file" in err
+    code, _, err = run(capsys, "--arch", "mhformer", "--frames", "28")
+    assert code == 2 and "not divisible" in err
+    code, _, err = run(capsys, "--backend", "triton", "--frames", "27", "--channel", "32", "--d-hid", "48")
+    assert code == 2 and "backend='triton' is not available" in err
+    code, _, err = run(capsys, "--arch", "hsusa")
+    assert code == 2 and "needs ['channels']" in err
+
+
+def test_console_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "pyengine", "verify", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--checkpoint" in out.stdout and "--token-num" in out.stdout
