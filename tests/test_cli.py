@@ -33,6 +33,7 @@ def test_verify_small_mhformer_lists_every_accelerated_module(capsys):
     (["--arch", "tpc_mixste", "--frames", "27", "--channel", "32", "--depth", "3", "--token-num", "9",
       "--layer-index", "2"], "temporal block"),
     (["--arch", "px_shuffle_unit", "--in-channels", "40", "--out-channels", "40"], "SUSA"),
+    (["--frames", "27", "--channel", "32", "--d-hid", "48", "--dtype", "bfloat16"], "dtype bfloat16"),
 ])
 def test_verify_other_architectures(capsys, args, expect):
     code, out, _ = run(capsys, *args)
@@ -47,6 +48,7 @@ def test_verify_checkpoint_and_deviation_exit_code(capsys, tmp_path, monkeypatch
     assert code == 0 and f"weights: {path}" in out
     # A tolerance no computation can meet must fail the run with exit code 1.
     monkeypatch.setitem(verify.TOLERANCE, torch.float32, 0.0)
+    monkeypatch.setattr(verify, "EAGER_FACTOR", 0.0)
     code, out, _ = run(capsys, "--checkpoint", str(path))
     assert code == 1 and "FAILED" in out
 
