@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .layers import Attention, Block, CrossAttention, Mlp, check_heads, check_pose_input
-from .tpc import TIE_BREAKS, check_index, dpc_knn_select
+from .tpc import check_index, check_tpc_config, dpc_knn_select
 
 
 class MHGEncoder(nn.Module):
@@ -134,14 +134,9 @@ class MHFormer(nn.Module):
             raise ValueError(f"layers: expected >= 2 (layers - 1 SHR blocks and one CHI block), got {layers}")
         check_heads(frames, mhg_heads, f"MHG encoder (frames={frames}, mhg_heads={mhg_heads})")
         check_heads(channel, heads, f"SHR/CHI attention (channel={channel}, heads={heads})")
-        if token_num is not None:
-            if not 1 <= token_num <= frames:
-                raise ValueError(f"token_num: expected 1 <= token_num <= frames={frames}, got {token_num}")
-            if not 0 <= layer_index < layers - 1:
-                raise ValueError(f"layer_index: expected an SHR block index in [0, {layers - 2}] "
-                                 f"(layers={layers}), got {layer_index}")
-            if tie_break not in TIE_BREAKS:
-                raise ValueError(f"tie_break: expected one of {TIE_BREAKS}, got {tie_break!r}")
+        if token_num is not None:  # pruning runs before an SHR block
+            check_tpc_config(token_num, frames, layer_index, 0, layers - 2, tie_break,
+                             f"SHR blocks, layers={layers}")
         self.frames, self.channel, self.d_hid, self.layers = frames, channel, d_hid, layers
         self.n_joints, self.out_joints = n_joints, out_joints
         self.heads, self.mhg_heads, self.mhg_depth = heads, mhg_heads, mhg_depth
@@ -164,6 +159,8 @@ class MHFormer(nn.Module):
         check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.norm_1.weight.device)
         in_dtype = x.dtype
         B, F, J, _ = x.shape
+        if index is not None:
+            check_index(index, B, self.token_num, self.frames)
         # One token per (joint, coordinate) pair, token index 2*j + c; the token width is F.
         x = x.to(self.norm_1.weight.dtype).reshape(B, F, 2 * J).transpose(1, 2)
         x_1 = x + self.Transformer_encoder_1(self.norm_1(x))
@@ -197,7 +194,4 @@ class TPCMHFormer(MHFormer):
         self.token_num, self.layer_index, self.tie_break, self.noise = token_num, layer_index, tie_break, noise
 
     def forward(self, x, index=None):
-        if index is not None:
-            check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.norm_1.weight.device)
-            check_index(index, x.shape[0], self.token_num, self.frames)
         return self._forward(x, index)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .layers import Block, CrossAttention, check_heads, check_pose_input
-from .tpc import TIE_BREAKS, check_index, dpc_knn_select
+from .tpc import check_index, check_tpc_config, dpc_knn_select
 
 
 class MixSTE(nn.Module):
@@ -26,14 +26,8 @@ class MixSTE(nn.Module):
         if depth < 1:
             raise ValueError(f"depth: expected >= 1, got {depth}")
         token_num, layer_index, tie_break, noise = _tpc or (None, 1, "index", None)
-        if token_num is not None:
-            if not 1 <= token_num <= frames:
-                raise ValueError(f"token_num: expected 1 <= token_num <= frames={frames}, got {token_num}")
-            if not 1 <= layer_index < depth:
-                raise ValueError(f"layer_index: expected a block index in [1, {depth - 1}] (depth={depth}), "
-                                 f"got {layer_index}")
-            if tie_break not in TIE_BREAKS:
-                raise ValueError(f"tie_break: expected one of {TIE_BREAKS}, got {tie_break!r}")
+        if token_num is not None:  # pruning runs before a spatial/temporal block pair other than the first
+            check_tpc_config(token_num, frames, layer_index, 1, depth - 1, tie_break, f"depth={depth}")
         self.frames, self.channel, self.d_hid, self.depth = frames, channel, d_hid, depth
         self.heads, self.n_joints = heads, n_joints
         self.token_num, self.layer_index, self.tie_break, self.noise = token_num, layer_index, tie_break, noise
@@ -70,6 +64,8 @@ class MixSTE(nn.Module):
         """Embedding and all blocks; pruning before block ``layer_index`` when TPC is on."""
         check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.Spatial_pos_embed.device)
         b, f, n, _ = x.shape
+        if index is not None:
+            check_index(index, b, self.token_num, self.frames)
         x = self.Spatial_patch_to_embedding(x.to(self.Spatial_pos_embed.dtype).reshape(b * f, n, 2))
         x = (x + self.Spatial_pos_embed).reshape(b, f, n, self.channel)
         for i in range(self.depth):
@@ -101,9 +97,6 @@ class TPCMixSTE(MixSTE):
                          _tpc=(token_num, layer_index, tie_break, noise))
 
     def forward(self, x, index=None):
-        if index is not None:
-            check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.Spatial_pos_embed.device)
-            check_index(index, x.shape[0], self.token_num, self.frames)
         out, index = self.encode(x, index, center=(self.frames - 1) // 2)
         return self.head(out).to(x.dtype), index
 
@@ -133,9 +126,6 @@ class HoTMixSTE(MixSTE):
         return x + self.pos_embed_token[:, :, None, :]
 
     def forward(self, x, index=None, return_index=False):
-        if index is not None:
-            check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.Spatial_pos_embed.device)
-            check_index(index, x.shape[0], self.token_num, self.frames)
         out, index = self.encode(x, index)
         b, t, n, c = out.shape
         out = out.transpose(1, 2).reshape(b * n, t, c)

@@ -96,6 +96,17 @@ def dpc_knn_select(x, keep, k=2, center=None, tie_break="index", noise=None):
     return order.sort(dim=-1).values
 
 
+def check_tpc_config(token_num, frames, layer_index, first_block, last_block, tie_break, depth_name):
+    """Constructor checks shared by the TPC / HoT models: pruning runs before block ``layer_index``."""
+    if not 1 <= token_num <= frames:
+        raise ValueError(f"token_num: expected 1 <= token_num <= frames={frames}, got {token_num}")
+    if not first_block <= layer_index <= last_block:
+        raise ValueError(f"layer_index: expected a block index in [{first_block}, {last_block}] ({depth_name}), "
+                         f"got {layer_index}")
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break: expected one of {TIE_BREAKS}, got {tie_break!r}")
+
+
 def check_index(index, batch, keep, n_tokens, name="index"):
     """Validate an externally supplied selection ``[B, keep]`` of token indices."""
     if not isinstance(index, torch.Tensor) or index.dtype not in (torch.int64, torch.int32):
