@@ -24,7 +24,8 @@ def extension_modules():
     from torch.utils import cpp_extension
 
     openmp = ["-fopenmp"]
-    cxx_flags = ["-O3", "-std=c++17", *openmp]
+    # -ffp-contract=off: no FMA contraction, so every target_clones variant rounds the same way.
+    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", *openmp]
     if cu and torch.version.cuda is not None:
         ext = cpp_extension.CUDAExtension(
             "pyengine._C",
@@ -46,7 +47,7 @@ setup(
     version="0.1.0",
     description="GPU-kernel-accelerated 3D human pose lifting (MHFormer, MixSTE, HoT, SUSA) with eager references",
     python_requires=">=3.10",
-    packages=["pyengine", "pyengine.models", "pyengine.data", "pyengine.kernels"],
+    packages=["pyengine", "pyengine.models", "pyengine.ops", "pyengine.data", "pyengine.kernels"],
     package_dir={"pyengine": "pyengine", "pyengine.kernels": "kernels"},
     package_data={"pyengine": ["data/*.npz", "data/*.json"]},
     # torch is deliberately not listed: pip would replace the pinned CPU wheel with a multi-GB CUDA build.

@@ -5,7 +5,7 @@ test). The sizes are the published ones where the CPU allows (the issue targets'
 import pytest
 import torch
 
-from pyengine.models import HSUSA, MHFormer, dpc_knn_select
+from pyengine.models import HSUSA, MHFormer
 from pyengine.testing import randomize_
 
 
@@ -16,13 +16,6 @@ def test_mhformer_eager(benchmark, frames, batch):
     with torch.no_grad():
         out = benchmark(model, x)
     assert out.shape == (batch, frames, 17, 3) and torch.isfinite(out).all()
-
-
-def test_tpc_selection_eager(benchmark):
-    # issue 4's CPU shape: B = 8, F = 243, C = 512
-    x = torch.randn(8, 243, 512)
-    index = benchmark(dpc_knn_select, x, 81)
-    assert index.shape == (8, 81)
 
 
 def test_susa_eager(benchmark):

@@ -6,15 +6,12 @@ import torch
 from torch import nn
 
 from . import arch as archs
+from .backends import BACKENDS, BackendUnavailableError
 from .checkpoint import Checkpoint, CheckpointError, normalize, read
 
-BACKENDS = ("auto", "reference", "triton", "cuda", "cpp")
-# Backends that exist today. The kernel issues add triton / cuda / cpp; until then "auto" means "reference".
+# Backends that run whole models today. The kernel issues wire triton / cuda / cpp into the models; until then
+# "auto" means "reference".
 AVAILABLE_BACKENDS = ("reference",)
-
-
-class BackendUnavailableError(RuntimeError):
-    """An explicitly requested backend cannot run this model here."""
 
 
 @dataclass
