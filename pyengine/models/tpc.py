@@ -33,6 +33,18 @@ def pairwise_distance(x: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     return torch.cat(rows, dim=1) / (C ** 0.5)
 
 
+def density_noise(noise, shape, dtype, device):
+    """The tensor added to the density, or None. A float is the published ``uniform(0, 1) * scale`` draw; a
+    tensor must have the density's shape ``[B, N]``."""
+    if noise is None:
+        return None
+    if not isinstance(noise, torch.Tensor):
+        return torch.rand(shape, device=device, dtype=dtype) * float(noise)
+    if noise.shape != shape:
+        raise ValueError(f"noise: expected a tensor of shape {list(shape)} (B, N), got {list(noise.shape)}")
+    return noise.to(device=device, dtype=dtype)
+
+
 def dpc_knn_scores(x, k=2, tie_break="index", noise=None):
     """Return ``(score, rho, delta, dist)`` of the DPC-kNN clustering, all for the features ``x [B, N, C]``."""
     B, N, _ = x.shape
@@ -40,13 +52,9 @@ def dpc_knn_scores(x, k=2, tie_break="index", noise=None):
     # k smallest distances of each row, the token itself included (distance 0).
     nearest = dist.topk(k, dim=-1, largest=False).values
     rho = (-(nearest ** 2).mean(dim=-1)).exp()
+    noise = density_noise(noise, rho.shape, rho.dtype, rho.device)
     if noise is not None:
-        if isinstance(noise, torch.Tensor):
-            if noise.shape != rho.shape:
-                raise ValueError(f"noise: expected a tensor of shape {list(rho.shape)} (B, N), got {list(noise.shape)}")
-            rho = rho + noise.to(rho)
-        else:
-            rho = rho + torch.rand(rho.shape, device=rho.device, dtype=rho.dtype) * float(noise)
+        rho = rho + noise
     # denser[b, i, j]: token j counts as denser than token i.
     denser = rho[:, None, :] > rho[:, :, None]
     if tie_break == "index":

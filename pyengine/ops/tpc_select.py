@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..backends import BackendUnavailableError, cpp_extension
-from ..models.tpc import check_select_args, dpc_knn_select
+from ..models.tpc import check_select_args, density_noise, dpc_knn_select
 
 IMPLS = ("cpp",)
 
@@ -44,12 +44,8 @@ def tpc_select(x, keep, k=2, center=None, tie_break="index", noise=None, backend
         raise BackendUnavailableError(f"tpc_select: backend='cpp' runs on CPU tensors, got x on {x.device}")
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # fp16 / bf16 features: select in float32
-    if noise is not None and not isinstance(noise, torch.Tensor):
-        # Published behaviour: uniform(0, 1) * scale added to the density (same draw as the reference makes).
-        noise = torch.rand(x.shape[:2], dtype=x.dtype) * float(noise)
+    noise = density_noise(noise, x.shape[:2], x.dtype, x.device)  # same draw as the reference makes
     if noise is not None:
-        if noise.shape != x.shape[:2]:
-            raise ValueError(f"noise: expected a tensor of shape {list(x.shape[:2])} (B, N), got {list(noise.shape)}")
-        noise = noise.to(x.dtype).contiguous()
+        noise = noise.contiguous()
     return tpc_select_op(x.contiguous(), keep, k, -1 if center is None else center, tie_break == "index", noise,
                          "cpp")
