@@ -1,0 +1,134 @@
+"""Compile kernels for the H100 (sm_90) on a machine without a GPU, and check their resources.
+
+CI runs this for every Triton kernel configuration the launchers can pick (each kernel module lists them in
+``sm90_cases()``) and for every ``csrc/*.cu`` file: a compile error, any register spill, or shared memory above
+the H100's per-block limit fails the build. The interpreter is lenient (odd tile shapes, exact fp32 dots); the
+real compiler is not, so this is the check that the kernels will build on the chip.
+"""
+import dataclasses
+import glob
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from typing import Any, Callable, Dict
+
+# Max dynamic shared memory per block on H100 (sm_90) with the opt-in attribute: 227 KiB.
+H100_SHARED_LIMIT = 227 * 1024
+H100_REG_LIMIT = 255
+
+
+@dataclasses.dataclass
+class KernelCase:
+    """One compiled configuration of a Triton kernel: the signature (``{"x_ptr": "*fp16", "n": "i32",
+    "BLOCK": "constexpr"}``), the constexpr values, and the launch options."""
+    name: str
+    fn: Callable
+    signature: Dict[str, str]
+    constexprs: Dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclasses.dataclass
+class Resources:
+    name: str
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+
+    def problems(self):
+        out = []
+        if self.spill_bytes:
+            out.append(f"{self.spill_bytes} bytes of register spills")
+        if self.shared_bytes > H100_SHARED_LIMIT:
+            out.append(f"shared memory {self.shared_bytes} B > H100 limit {H100_SHARED_LIMIT} B")
+        if self.registers > H100_REG_LIMIT:
+            out.append(f"{self.registers} registers > {H100_REG_LIMIT}")
+        return out
+
+
+_PTXAS_USED = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+_PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def _ptxas():
+    import triton
+    bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    return bundled if os.path.exists(bundled) else shutil.which("ptxas")
+
+
+def _parse_ptxas(text: str):
+    regs = max((int(m) for m in _PTXAS_USED.findall(text)), default=0)
+    spills = sum(int(a) + int(b) for a, b in _PTXAS_SPILL.findall(text))
+    smem = max((int(m) for m in _PTXAS_SMEM.findall(text)), default=0)
+    return regs, spills, smem
+
+
+def compile_triton_sm90(case: KernelCase) -> Resources:
+    """Compile one Triton configuration to an sm_90 cubin; registers and spills from ``ptxas -v`` on its PTX,
+    shared memory from Triton's metadata (dynamic shared memory is what Triton allocates)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn=case.fn, signature=case.signature, constexprs=case.constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+    ptx = compiled.asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        arch = "sm_90a" if ".target sm_90a" in ptx else "sm_90"
+        res = subprocess.run([_ptxas(), "-v", f"--gpu-name={arch}", path, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"ptxas failed on {case.name}:\n{res.stderr}")
+    regs, spills, smem = _parse_ptxas(res.stderr + res.stdout)
+    return Resources(case.name, regs, spills, max(smem, int(compiled.metadata.shared)))
+
+
+def nvcc():
+    return shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+
+
+def compile_cuda_sm90(path: str, include_dirs=()) -> Resources:
+    """``nvcc -cubin -arch=sm_90`` on one ``.cu`` file (raw-pointer kernels, no torch headers); the worst
+    kernel's registers / spills / static shared memory."""
+    exe = nvcc()
+    if exe is None:
+        raise RuntimeError("nvcc not found: the CUDA sources cannot be compile-checked")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [exe, "-cubin", "-arch=sm_90", "-O3", "-std=c++17", "-Xptxas", "-v", "-Werror", "all-warnings",
+               path, "-o", os.path.join(tmp, "k.cubin")]
+        for d in include_dirs:
+            cmd += ["-I", d]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {path}:\n{res.stderr}")
+    regs, spills, smem = _parse_ptxas(res.stderr + res.stdout)
+    return Resources(os.path.basename(path), regs, spills, smem)
+
+
+def triton_cases():
+    """Every ``KernelCase`` listed by the kernel modules in ``pyengine.kernels`` (their ``sm90_cases()``)."""
+    import importlib
+    import pkgutil
+
+    import pyengine.kernels as pkg
+    cases = []
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"pyengine.kernels.{mod.name}")
+        if hasattr(module, "sm90_cases"):
+            cases.extend(module.sm90_cases())
+    return cases
+
+
+def cuda_sources(root=None):
+    root = root or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    return sorted(glob.glob(os.path.join(root, "**", "*.cu"), recursive=True))
