@@ -1,0 +1,157 @@
+"""Which kernel runs each op, for a requested backend on a device — decided once, explicitly, and reported.
+
+Backends of a whole model (``pyengine.load(..., backend=...)``):
+
+* ``"triton"``: pyengine's Triton kernels for every op (CUDA tensors; CPU tensors only under
+  ``TRITON_INTERPRET=1``, which is how CI runs them).
+* ``"cuda"`` / ``"cpp"``: pyengine's hand-written CUDA / C++ kernels for the irregular ops that have them
+  (DPC-kNN selection, SUSA), and ATen's own kernels (cuBLAS / oneDNN GEMMs, ``scaled_dot_product_attention``,
+  ``layer_norm``) for the dense ops, where a hand-written kernel of ours would not beat the vendor library.
+  ``"cuda"`` needs CUDA tensors, ``"cpp"`` CPU tensors.
+* ``"reference"``: the eager reference model itself.
+* ``"auto"``: on CPU the ``"cpp"`` table; on CUDA the fastest implementation measured per op (see
+  ``AUTO_CUDA``; entries not measured on a GPU yet are marked so in ``model.report()``).
+
+An explicit backend that cannot run an op here raises ``BackendUnavailableError`` saying why; nothing falls back
+silently, and ``model.report()`` lists the kernel of every op and why it was chosen.
+"""
+import dataclasses
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .backends import BACKENDS, BackendUnavailableError
+
+OPS = ("ln_linear", "layernorm", "attention", "tpc_select", "gather_tokens")
+
+# op -> backend -> implementation. "aten" / "sdpa" / "index" are torch's own kernels (see module docstring).
+TABLE = {
+    "triton": {"ln_linear": "triton", "layernorm": "triton", "attention": "triton", "tpc_select": "triton",
+               "gather_tokens": "triton"},
+    "cuda": {"ln_linear": "aten", "layernorm": "aten", "attention": "sdpa", "tpc_select": "cuda",
+             "gather_tokens": "index"},
+    "cpp": {"ln_linear": "aten", "layernorm": "aten", "attention": "sdpa", "tpc_select": "cpp",
+            "gather_tokens": "index"},
+    "reference": {op: "reference" for op in OPS},
+}
+WHY = {
+    "triton": "pyengine Triton kernel",
+    "cuda": "pyengine CUDA kernel",
+    "cpp": "pyengine C++ kernel (OpenMP)",
+    "aten": "ATen (vendor GEMM + layer_norm): dense GEMMs, no hand-written kernel of ours is faster",
+    "sdpa": "torch scaled_dot_product_attention: fused attention from ATen",
+    "index": "ATen advanced indexing (a gather is bandwidth-bound; one kernel already)",
+    "reference": "eager reference composition",
+}
+# Per-op choice of "auto" on CUDA. No GPU measurements are recorded yet (benchmarks/results/ has none), so these
+# are the design choice, labelled as such in report(); replace with measured winners when results exist.
+AUTO_CUDA = {"ln_linear": "triton", "layernorm": "triton", "attention": "triton", "tpc_select": "triton",
+             "gather_tokens": "triton"}
+AUTO_CUDA_MEASURED = False
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _device_type(device) -> str:
+    return torch.device(device).type
+
+
+def check_backend(backend: str, device) -> None:
+    """Raise unless ``backend`` can run on ``device`` at all."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    dev = _device_type(device)
+    if backend == "cpp" and dev != "cpu":
+        raise BackendUnavailableError(f"backend='cpp' runs on CPU tensors; the model is on {device}")
+    if backend == "cuda":
+        if dev != "cuda":
+            raise BackendUnavailableError(f"backend='cuda' runs on CUDA tensors; the model is on {device}")
+        from .backends import cpp_extension
+        if not hasattr(cpp_extension(), "tpc_select_cuda"):
+            raise BackendUnavailableError(
+                "backend='cuda': pyengine._C was built without CUDA kernels (a CPU-only torch at build time); "
+                "rebuild with a CUDA torch: pip install --no-build-isolation -e .")
+    if backend == "triton" and dev != "cuda" and not interpreting():
+        raise BackendUnavailableError(
+            f"backend='triton' needs CUDA tensors (the model is on {device}); on CPU, Triton kernels run only "
+            "under the interpreter (TRITON_INTERPRET=1, set before importing pyengine), which is for testing")
+
+
+@dataclasses.dataclass
+class Choice:
+    op: str
+    impl: str
+    why: str
+
+
+def resolve(backend: str, device) -> dict:
+    """``{op: Choice}`` for every op, for ``backend`` on ``device`` (``"auto"`` resolved here)."""
+    check_backend(backend, device)
+    dev = _device_type(device)
+    if backend == "auto":
+        if dev == "cuda":
+            tag = "measured fastest on CUDA" if AUTO_CUDA_MEASURED else "auto on CUDA (not yet GPU-measured)"
+            return {op: Choice(op, impl, f"{WHY[impl]}; {tag}") for op, impl in AUTO_CUDA.items()}
+        backend = "cpp"
+        return {op: Choice(op, impl, f"{WHY[impl]}; auto on CPU") for op, impl in TABLE["cpp"].items()}
+    return {op: Choice(op, impl, WHY[impl]) for op, impl in TABLE[backend].items()}
+
+
+def sdpa_attention(q, k, v):
+    """``softmax(q k^T * D^-0.5) v`` over ``[B, G, N, H, D]`` views with torch's fused SDPA; returns
+    ``[B, Nq, G, H, D]`` contiguous (the layout of ``pyengine::attention``)."""
+    B, G, Nq, H, D = q.shape
+    Nk = k.shape[2]
+    qh = q.permute(0, 1, 3, 2, 4).expand(B, G, H, Nq, D).reshape(B * G, H, Nq, D)
+    kh = k.permute(0, 1, 3, 2, 4).reshape(B * G, H, Nk, D)
+    vh = v.permute(0, 1, 3, 2, 4).reshape(B * G, H, Nk, D)
+    out = F.scaled_dot_product_attention(qh, kh, vh, scale=D ** -0.5)  # [B*G, H, Nq, D]
+    return out.view(B, G, H, Nq, D).permute(0, 3, 1, 2, 4).contiguous()
+
+
+class Ops:
+    """The resolved kernels of one model on one device; modules call ops through this."""
+
+    def __init__(self, backend: str, device, allow_tf32: bool = False):
+        self.backend, self.device, self.allow_tf32 = backend, torch.device(device), allow_tf32
+        self.choice = resolve(backend, device)
+        self.impl = {op: c.impl for op, c in self.choice.items()}
+
+    def ln_linear(self, x, weight, bias=None, **kw):
+        from .ops.ln_linear import ln_linear, ln_linear_ref
+        impl = self.impl["ln_linear"]
+        if impl in ("aten", "reference"):
+            return ln_linear_ref(x, weight, bias, **kw)
+        return ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)
+
+    def layernorm(self, x, weight, bias, **kw):
+        from .ops.layernorm import layernorm, layernorm_ref
+        impl = self.impl["layernorm"]
+        if impl in ("aten", "reference"):
+            return layernorm_ref(x, weight, bias, **kw)
+        return layernorm(x, weight, bias, backend=impl, **kw)
+
+    def attention(self, q, k, v):
+        from .ops.attention import attention, attention_ref
+        impl = self.impl["attention"]
+        if impl == "sdpa":
+            return sdpa_attention(q, k, v)
+        if impl == "reference":
+            return attention_ref(q, k, v)
+        return attention(q, k, v, allow_tf32=self.allow_tf32, backend=impl)
+
+    def tpc_select(self, x, keep, center=None, tie_break="index", noise=None):
+        from .ops.tpc_select import tpc_select
+        return tpc_select(x, keep, center=center, tie_break=tie_break, noise=noise, backend=self.impl["tpc_select"])
+
+    def gather_tokens(self, x, index, add=None):
+        impl = self.impl["gather_tokens"]
+        if impl in ("index", "reference"):
+            batch = torch.arange(x.shape[0], device=x.device).unsqueeze(-1)
+            out = x[batch, index]
+            return out if add is None else out + add
+        from .ops.gather_tokens import gather_tokens
+        return gather_tokens(x, index, add, backend=impl)

@@ -1,0 +1,91 @@
+"""Plumbing shared by the drop-in modules: backend resolution per device, stacked-weight caches, and the
+fused pre-norm transformer block used by the MHG encoders and MixSTE."""
+import torch
+from torch import nn
+
+from ..dispatch import Ops
+
+
+class Fused(nn.Module):
+    """Mixin for drop-in modules. ``backend`` is resolved against the input's device on first use (cached per
+    device); ``set_backend`` changes it for this module and every fused module below it."""
+
+    backend = "auto"
+    allow_tf32 = False
+
+    def ops_for(self, x: torch.Tensor) -> Ops:
+        cache = self.__dict__.setdefault("_ops_cache", {})
+        key = (self.backend, x.device, self.allow_tf32)
+        if key not in cache:
+            cache[key] = Ops(self.backend, x.device, self.allow_tf32)
+        return cache[key]
+
+    def set_backend(self, backend: str, allow_tf32: bool = False):
+        for m in self.modules():
+            if isinstance(m, Fused):
+                m.backend, m.allow_tf32 = backend, allow_tf32
+                m.__dict__["_ops_cache"] = {}
+        return self
+
+    def cached(self, name: str, sources, build):
+        """``build()`` (e.g. stacked or BatchNorm-folded weights), recomputed when any source tensor changes.
+
+        With autograd recording, weights are rebuilt every call so gradients flow to the published parameters;
+        at inference they are built once per parameter version (``Tensor._version`` counts in-place updates,
+        e.g. ``load_state_dict`` or an optimizer step)."""
+        if torch.is_grad_enabled() and any(s.requires_grad for s in sources):
+            return build()
+        cache = self.__dict__.setdefault("_weight_cache", {})
+        key = tuple((s.data_ptr(), s._version, s.dtype, s.device) for s in sources)
+        hit = cache.get(name)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = (key, build())
+            cache[name] = hit
+        return hit[1]
+
+
+def fuse_children(parent, mapping):
+    """Turn reference submodules into their fused subclasses in place (same objects, parameters and names:
+    a fused subclass adds no state, it only replaces ``forward``)."""
+    for name, child in list(parent.named_children()):
+        for ref_cls, fused_cls in mapping:
+            if type(child) is ref_cls:
+                child.__class__ = fused_cls
+                break
+        fuse_children(child, mapping)
+
+
+def stack(*tensors):
+    return torch.stack(tensors, dim=0)
+
+
+def block_forward(module: Fused, ops: Ops, X: torch.Tensor, blk, views):
+    """Pre-norm transformer block (``layers.Block``) on rows ``X [M, C]``:
+    ``X + proj(attn(qkv(LN1(X))))`` then ``X + fc2(gelu(fc1(LN2(X))))``, four fused GEMM launches and one
+    attention launch. ``views(qkv)`` turns the fused ``[M, 3C]`` projection into the ``[B, G, N, H, D]`` q/k/v
+    views of this block's sequences, in an order whose output ``[B, N, G, H, D]`` has X's row order."""
+    C = X.shape[1]
+    a, m = blk.attn, blk.mlp
+    qkv = ops.ln_linear(X, a.qkv.weight[None], None if a.qkv.bias is None else a.qkv.bias[None],
+                        ln_weight=blk.norm1.weight[None], ln_bias=blk.norm1.bias[None], eps=blk.norm1.eps)
+    o = ops.attention(*views(qkv))
+    X = ops.ln_linear(o.reshape(-1, C), a.proj.weight[None], a.proj.bias[None], residual=X)
+    h = ops.ln_linear(X, m.fc1.weight[None], m.fc1.bias[None], ln_weight=blk.norm2.weight[None],
+                      ln_bias=blk.norm2.bias[None], eps=blk.norm2.eps, activation="gelu")
+    return ops.ln_linear(h, m.fc2.weight[None], m.fc2.bias[None], residual=X)
+
+
+def fold_batchnorm_after(bn: nn.BatchNorm1d, weight: torch.Tensor, bias: torch.Tensor):
+    """``W' , b'`` with ``W' x + b' == W bn(x) + b`` (eval-mode BatchNorm before a linear ``[N, K]``), in fp64."""
+    w, b = weight.double(), bias.double()
+    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    t = bn.bias.double() - bn.running_mean.double() * s
+    return (w * s).to(weight.dtype), (b + w @ t).to(bias.dtype)
+
+
+def fold_batchnorm_before(bn: nn.BatchNorm1d, weight: torch.Tensor, bias: torch.Tensor):
+    """``W', b'`` with ``W' x + b' == bn(W x + b)`` (eval-mode BatchNorm after a linear ``[N, K]``), in fp64."""
+    w, b = weight.double(), bias.double()
+    s = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    return (w * s[:, None]).to(weight.dtype), ((b - bn.running_mean.double()) * s + bn.bias.double()).to(bias.dtype)

@@ -1,0 +1,219 @@
+"""Drop-in MHFormer modules on pyengine's fused ops (SPEC.md §1).
+
+Each class subclasses its eager reference (``pyengine.models``), so it has exactly the published parameter names
+and loads the published state_dicts; only ``forward`` changes. Inside the model the three hypotheses live in one
+``[B*F, 3C]`` row buffer (hypothesis k in columns ``[kC, (k+1)C)``): the SHR self-attentions run as one grouped
+launch per stage over all three, the hypothesis-mixing MLP reads the buffer without a concat, and the TPC
+selection and gather see ``cat(x1, x2, x3)`` for free.
+
+Launches per SHR block: LN+QKV (3 hypotheses, one launch), attention (one), proj+residual (one),
+LN+fc1+GELU (one), fc2+residual (one). CHI: three sequential steps of LN+QKV, attention, proj+residual, then the
+MLP. MHG encoder block: LN+QKV, attention (34 tokens, head_dim F/9 padded in-kernel), proj+residual,
+LN+fc1+GELU, fc2+residual; the encoder's input LN + pos_embed and its final LN + outer residual are one
+LayerNorm launch each. The F=27 BatchNorm embeddings and the regression BatchNorm are folded into the
+neighbouring linear layers (eval mode).
+"""
+import torch
+
+from ..models import mhformer as ref
+from ..models.layers import check_pose_input
+from ..models.tpc import check_index
+from ..models import layers as ref_layers
+from ._common import Fused, block_forward, fold_batchnorm_after, fold_batchnorm_before, fuse_children, stack
+from .layers import Block
+
+
+def _hyp_views(qkv, B, N, G, H):
+    """``[B*N, G*3C]`` (group-major, then q/k/v, then heads) -> q, k, v ``[B, G, N, H, D]`` views."""
+    D = qkv.shape[1] // (G * 3 * H)
+    t = qkv.view(B, N, G, 3, H, D).permute(3, 0, 2, 1, 4, 5)
+    return t[0], t[1], t[2]
+
+
+class MHGEncoder(Fused, ref.MHGEncoder):
+    """Fused MHG encoder over the 34 (joint, coordinate) tokens of width F."""
+
+    def encode_residual(self, x, norm):
+        """``x + self(norm(x))`` for rows ``x [B*34, F]`` (the cascade step of MHFormer's MHG)."""
+        ops = self.ops_for(x)
+        T = self.pos_embed.shape[1]
+        B = x.shape[0] // T
+        H = self.blocks[0].attn.num_heads
+        R = ops.layernorm(x, norm.weight, norm.bias, eps=norm.eps, add=self.pos_embed[0])
+
+        def views(qkv):  # one group; sequences are the B samples, 34 tokens each
+            return _hyp_views(qkv, B, T, 1, H)
+
+        for blk in self.blocks:
+            R = block_forward(self, ops, R, blk, views)
+        return ops.layernorm(R, self.norm.weight, self.norm.bias, eps=self.norm.eps, residual=x)
+
+    def forward(self, x):
+        """Published signature: ``x [B, 34, F] -> [B, 34, F]`` (pos_embed, blocks, final LN)."""
+        B, T, Fw = x.shape
+        ops = self.ops_for(x)
+        H = self.blocks[0].attn.num_heads
+        R = (x + self.pos_embed).reshape(B * T, Fw)
+        for blk in self.blocks:
+            R = block_forward(self, ops, R, blk, lambda qkv: _hyp_views(qkv, B, T, 1, H))
+        return ops.layernorm(R, self.norm.weight, self.norm.bias, eps=self.norm.eps).view(B, T, Fw)
+
+
+class SHRBlock(Fused, ref.SHRBlock):
+    """Fused single-hypothesis refining block."""
+
+    def forward_packed(self, X, B, N):
+        """``X [B*N, 3C]`` -> ``[B*N, 3C]``."""
+        ops = self.ops_for(X)
+        a = (self.attn_1, self.attn_2, self.attn_3)
+        n = (self.norm1_1, self.norm1_2, self.norm1_3)
+        H = a[0].num_heads
+        C = X.shape[1] // 3
+        w_qkv = self.cached("w_qkv", [m.qkv.weight for m in a], lambda: stack(*(m.qkv.weight for m in a)))
+        b_qkv = self.cached("b_qkv", [m.qkv.bias for m in a], lambda: stack(*(m.qkv.bias for m in a)))
+        ln_w = self.cached("ln_w", [m.weight for m in n], lambda: stack(*(m.weight for m in n)))
+        ln_b = self.cached("ln_b", [m.bias for m in n], lambda: stack(*(m.bias for m in n)))
+        w_p = self.cached("w_proj", [m.proj.weight for m in a], lambda: stack(*(m.proj.weight for m in a)))
+        b_p = self.cached("b_proj", [m.proj.bias for m in a], lambda: stack(*(m.proj.bias for m in a)))
+        qkv = ops.ln_linear(X, w_qkv, b_qkv, ln_weight=ln_w, ln_bias=ln_b, eps=n[0].eps)  # [M, 3 * 3C]
+        o = ops.attention(*_hyp_views(qkv, B, N, 3, H))  # [B, N, 3, H, D]
+        X = ops.ln_linear(o.view(B * N, 3 * C), w_p, b_p, residual=X)
+        return _mixing_mlp(ops, X, self)
+
+    def forward(self, x_1, x_2, x_3):
+        B, N, C = x_1.shape
+        X = self.forward_packed(torch.cat([x_1, x_2, x_3], dim=2).reshape(B * N, 3 * C), B, N)
+        return ref.split3(X.view(B, N, 3 * C))
+
+
+def _mixing_mlp(ops, X, blk):
+    """``X + fc2(gelu(fc1(LN(X))))`` over the 3C-wide hypothesis rows (two launches)."""
+    h = ops.ln_linear(X, blk.mlp.fc1.weight[None], blk.mlp.fc1.bias[None], ln_weight=blk.norm2.weight[None],
+                      ln_bias=blk.norm2.bias[None], eps=blk.norm2.eps, activation="gelu")
+    return ops.ln_linear(h, blk.mlp.fc2.weight[None], blk.mlp.fc2.bias[None], residual=X)
+
+
+# CHI step k: (hypothesis updated, sources of q, k, v) — SPEC.md §1.6, 0-based.
+CHI_STEPS = ((0, (1, 2, 0)), (1, (0, 2, 1)), (2, (0, 1, 2)))
+
+
+class CHIBlock(Fused, ref.CHIBlock):
+    """Fused cross-hypothesis interaction block: three sequential steps (each reads the hypotheses the steps
+    before it updated), three launches each, then the mixing MLP."""
+
+    def forward_packed(self, X, B, N):
+        ops = self.ops_for(X)
+        C = X.shape[1] // 3
+        for a, srcs in CHI_STEPS:
+            attn = getattr(self, f"attn_{a + 1}")
+            norms = [getattr(self, f"norm3_{a + 1}{j + 1}") for j in range(3)]
+            lins = (attn.linear_q, attn.linear_k, attn.linear_v)
+            w = self.cached(f"w{a}", [m.weight for m in lins], lambda: stack(*(m.weight for m in lins)))
+            b = self.cached(f"b{a}", [m.bias for m in lins], lambda: stack(*(m.bias for m in lins)))
+            lw = self.cached(f"lw{a}", [m.weight for m in norms], lambda: stack(*(m.weight for m in norms)))
+            lb = self.cached(f"lb{a}", [m.bias for m in norms], lambda: stack(*(m.bias for m in norms)))
+            qkv = ops.ln_linear(X, w, b, ln_weight=lw, ln_bias=lb, eps=norms[0].eps,
+                                in_cols=[s * C for s in srcs])  # [M, 3C]: q | k | v of this step
+            t = qkv.view(B, N, 3, attn.num_heads, -1).permute(2, 0, 1, 3, 4)  # [3, B, N, H, D]
+            o = ops.attention(t[0][:, None], t[1][:, None], t[2][:, None])  # [B, N, 1, H, D]
+            xa = ops.ln_linear(o.view(B * N, C), attn.proj.weight[None], attn.proj.bias[None],
+                               residual=X[:, a * C:(a + 1) * C])
+            X = torch.cat([xa if i == a else X[:, i * C:(i + 1) * C] for i in range(3)], dim=1)
+        return _mixing_mlp(ops, X, self)
+
+    def forward(self, x_1, x_2, x_3):
+        B, N, C = x_1.shape
+        X = self.forward_packed(torch.cat([x_1, x_2, x_3], dim=2).reshape(B * N, 3 * C), B, N)
+        return ref.split3(X.view(B, N, 3 * C))
+
+
+MAPPING = ((ref.MHGEncoder, MHGEncoder), (ref.SHRBlock, SHRBlock), (ref.CHIBlock, CHIBlock),
+           (ref_layers.Block, Block))
+
+
+class MHFormer(Fused, ref.MHFormer):
+    """Fused MHFormer: same constructor, state_dict and outputs as :class:`pyengine.models.MHFormer`; add
+    ``backend=`` ("auto", "triton", "cuda", "cpp", "reference")."""
+
+    def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        fuse_children(self, MAPPING)
+        self.set_backend(backend, allow_tf32)
+
+    def _embed(self, ops, x1, x2, x3, B, F):
+        """Three per-frame linears 34 -> C (F == 27: Conv -> BatchNorm -> ReLU, BN folded) in one launch,
+        writing the ``[B*F, 3C]`` hypothesis buffer."""
+        T = x1.shape[0] // B
+        E = torch.stack([x1.view(B, T, F), x2.view(B, T, F), x3.view(B, T, F)], dim=1)  # [B, 3, 34, F]
+        E = E.permute(0, 3, 1, 2).reshape(B * F, 3 * T)  # rows (b, f); group k's 34 inputs at cols [34k, ...)
+        embs = (self.embedding_1, self.embedding_2, self.embedding_3)
+        if self.frames <= 27:  # Sequential(conv, BN, ReLU, Dropout)
+            if self.training:
+                raise NotImplementedError(
+                    "MHFormer-27's embedding BatchNorm in training mode needs batch statistics; the fused model "
+                    "folds it (eval mode only). Train the reference model (pyengine.models.MHFormer) instead.")
+            srcs = [t for e in embs for t in (e[0].weight, e[0].bias, e[1].weight, e[1].bias,
+                                              e[1].running_mean, e[1].running_var)]
+
+            def build():
+                folded = [fold_batchnorm_before(e[1], e[0].weight[:, :, 0], e[0].bias) for e in embs]
+                return stack(*(w for w, _ in folded)), stack(*(b for _, b in folded))
+            w, b = self.cached("emb", srcs, build)
+            return torch.relu(ops.ln_linear(E, w, b))
+        w = self.cached("emb_w", [e.weight for e in embs], lambda: stack(*(e.weight[:, :, 0] for e in embs)))
+        b = self.cached("emb_b", [e.bias for e in embs], lambda: stack(*(e.bias for e in embs)))
+        return ops.ln_linear(E, w, b)
+
+    def _regress(self, ops, X):
+        """Hypothesis LN(3C) -> BatchNorm(3C) (folded) -> per-frame linear 3C -> 3J, one launch."""
+        bn, conv = self.regression[0], self.regression[1]
+        if self.training:
+            raise NotImplementedError(
+                "MHFormer's regression BatchNorm in training mode needs batch statistics; the fused model folds "
+                "it (eval mode only). Train the reference model (pyengine.models.MHFormer) instead.")
+        norm = self.Transformer_hypothesis.norm
+        w, b = self.cached("reg", [bn.weight, bn.bias, bn.running_mean, bn.running_var, conv.weight, conv.bias],
+                           lambda: fold_batchnorm_after(bn, conv.weight[:, :, 0], conv.bias))
+        return ops.ln_linear(X, w[None], b[None], ln_weight=norm.weight[None], ln_bias=norm.bias[None],
+                             eps=norm.eps)
+
+    def _forward(self, x, index=None):
+        check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.norm_1.weight.device)
+        in_dtype = x.dtype
+        B, F, J, _ = x.shape
+        if index is not None:
+            check_index(index, B, self.token_num, self.frames)
+        ops = self.ops_for(x)
+        x0 = x.to(self.norm_1.weight.dtype).reshape(B, F, 2 * J).transpose(1, 2).reshape(B * 2 * J, F)
+        x1 = self.Transformer_encoder_1.encode_residual(x0, self.norm_1)
+        x2 = self.Transformer_encoder_2.encode_residual(x1, self.norm_2)
+        x3 = self.Transformer_encoder_3.encode_residual(x2, self.norm_3)
+        X = self._embed(ops, x1, x2, x3, B, F)
+        th = self.Transformer_hypothesis
+        P = self.cached("pos", [th.pos_embed_1, th.pos_embed_2, th.pos_embed_3],
+                        lambda: torch.cat([th.pos_embed_1, th.pos_embed_2, th.pos_embed_3], dim=2))
+        X = (X.view(B, F, -1) + P).view(B * F, -1)
+        N = F
+        for i, blk in enumerate(th.SHR_blocks):
+            if th.token_num is not None and i == th.layer_index:
+                if index is None:  # DPC-kNN on cat(x1, x2, x3) = the buffer itself; centre frame always kept
+                    index = ops.tpc_select(X.view(B, N, -1), th.token_num, center=th.center,
+                                           tie_break=th.tie_break, noise=th.noise)
+                X = ops.gather_tokens(X.view(B, N, -1), index).reshape(B * th.token_num, -1)
+                N = th.token_num
+            X = blk.forward_packed(X, B, N)
+        X = th.CHI_blocks[0].forward_packed(X, B, N)
+        out = self._regress(ops, X).view(B, N, self.out_joints, 3)
+        return out.to(in_dtype), index
+
+
+class TPCMHFormer(MHFormer, ref.TPCMHFormer):
+    """Fused TPC-MHFormer: ``forward(x, index=None) -> (out [B, token_num, J, 3], index)``."""
+
+    def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
+        ref.TPCMHFormer.__init__(self, *args, **kwargs)
+        fuse_children(self, MAPPING)
+        self.set_backend(backend, allow_tf32)
+
+    def forward(self, x, index=None):
+        return self._forward(x, index)
