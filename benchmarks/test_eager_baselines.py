@@ -1,27 +1,17 @@
-"""Eager-reference baselines that the fused kernels will be compared against, side by side, in one run.
-
-Run: ``.venv/bin/python -m pytest benchmarks`` (CI runs it with ``--benchmark-disable``: each case once, as a
-test). The sizes are the published ones where the CPU allows (the issue targets' CPU shapes)."""
-import pytest
+"""Eager SUSA baseline (issue 5's CPU shape: batch 8, 40 channels at 64 x 48). The model baselines that used to
+live here (MHFormer eager at 27 / 81 frames) are now rows of benchmarks/test_models.py, next to the compiled and
+pyengine rows. Run: ``.venv/bin/python -m pytest benchmarks/test_eager_baselines.py``."""
 import torch
 
-from pyengine.models import HSUSA, MHFormer
+from common import DEVICE, time_rows
+from pyengine.models import HSUSA
 from pyengine.testing import randomize_
 
 
-@pytest.mark.parametrize("frames,batch", [(27, 16), (81, 16)])
-def test_mhformer_eager(benchmark, frames, batch):
-    model = randomize_(MHFormer(frames=frames), seed=0).eval()
-    x = torch.randn(batch, frames, 17, 2) * 0.3
-    with torch.no_grad():
-        out = benchmark(model, x)
-    assert out.shape == (batch, frames, 17, 3) and torch.isfinite(out).all()
-
-
 def test_susa_eager(benchmark):
-    # issue 5's CPU shape: batch 8, 40 channels at 64 x 48
-    module = randomize_(HSUSA(40), seed=0).eval()
-    x = torch.randn(8, 40, 64, 48)
-    with torch.no_grad():
-        out = benchmark(module, x)
-    assert out.shape == x.shape
+    module = randomize_(HSUSA(40), seed=0).eval().to(DEVICE)
+    inputs = [torch.randn(8, 40, 64, 48, device=DEVICE) for _ in range(4)]
+    n = inputs[0].numel() * 4
+    out = time_rows(benchmark, module, inputs, group="susa eager",
+                    extra={"impl": "eager", "variant": "fp32", "dtype": "float32", "bytes": 2 * n})
+    assert out.shape == inputs[0].shape

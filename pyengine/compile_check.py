@@ -132,3 +132,47 @@ def triton_cases():
 def cuda_sources(root=None):
     root = root or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
     return sorted(glob.glob(os.path.join(root, "**", "*.cu"), recursive=True))
+
+
+def check_all(json_out=None):
+    """Compile every Triton case and CUDA source; ``{name: {"registers", "spill_bytes", "shared_bytes",
+    "problems", "error"}}``. Must run with ``TRITON_INTERPRET=0`` (see ``main``)."""
+    results = {}
+    for case in triton_cases():
+        try:
+            res = compile_triton_sm90(case)
+            results["triton:" + case.name] = {**dataclasses.asdict(res), "problems": res.problems(), "error": None}
+        except Exception as exc:  # reported per case by the test
+            results["triton:" + case.name] = {"error": f"{type(exc).__name__}: {exc}"}
+    for path in cuda_sources():
+        try:
+            res = compile_cuda_sm90(path)
+            results["cuda:" + os.path.basename(path)] = {**dataclasses.asdict(res), "problems": res.problems(),
+                                                          "error": None}
+        except Exception as exc:
+            results["cuda:" + os.path.basename(path)] = {"error": f"{type(exc).__name__}: {exc}"}
+    return results
+
+
+def run_in_subprocess():
+    """``check_all`` in a fresh interpreter with ``TRITON_INTERPRET=0``: under the interpreter (CI's test
+    process), ``@triton.jit`` gives interpreted functions, which ``triton.compile`` cannot take."""
+    import json
+    import sys
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    res = subprocess.run([sys.executable, "-m", "pyengine.compile_check"], capture_output=True, text=True, env=env)
+    if res.returncode != 0:
+        raise RuntimeError(f"compile check subprocess failed:\n{res.stderr[-4000:]}")
+    return json.loads(res.stdout)
+
+
+def main():
+    """``python -m pyengine.compile_check``: JSON of every kernel's sm_90 resources on stdout."""
+    import json
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise SystemExit("run with TRITON_INTERPRET=0: the interpreter's kernels cannot be compiled")
+    print(json.dumps(check_all(), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,11 +9,6 @@ from . import arch as archs
 from .backends import BACKENDS, BackendUnavailableError
 from .checkpoint import Checkpoint, CheckpointError, normalize, read
 
-# Backends that run whole models today. The kernel issues wire triton / cuda / cpp into the models; until then
-# "auto" means "reference".
-AVAILABLE_BACKENDS = ("reference",)
-
-
 @dataclass
 class LoadInfo:
     """What ``pyengine.load`` decided, attached to the returned model as ``model.pyengine``."""
@@ -25,6 +20,7 @@ class LoadInfo:
     format: str
     source: str
     notes: list = field(default_factory=list)
+    backend_reason: str = ""
 
     def __str__(self):
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -53,16 +49,24 @@ def check_keys(model, sd, arch, reason, config):
     raise CheckpointError("\n".join(parts))
 
 
-def resolve_backend(backend):
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return AVAILABLE_BACKENDS[0]
-    if backend not in AVAILABLE_BACKENDS:
-        raise BackendUnavailableError(
-            f"backend={backend!r} is not available in this version of pyengine: its kernels have not landed yet "
-            f"(available: {AVAILABLE_BACKENDS}). Use backend='reference' or 'auto'.")
-    return backend
+# Head counts cannot be read off the weights; a module that holds them (published code keeps ``num_heads`` on
+# its attention modules) tells them. (config key, submodules that carry it)
+HEAD_HINTS = (("heads", ("Transformer_hypothesis.SHR_blocks.0.attn_1", "Transformer_hypothesis.CHI_blocks.0.attn_1",
+                         "STEblocks.0.attn")),
+              ("mhg_heads", ("Transformer_encoder_1.blocks.0.attn",)))
+
+
+def module_hints(module):
+    """Hyperparameters that a module instance knows but its state_dict does not (the head counts)."""
+    mods = dict(module.named_modules())
+    hints = {}
+    for key, names in HEAD_HINTS:
+        for name in names:
+            h = getattr(mods.get(name), "num_heads", None)
+            if isinstance(h, int):
+                hints[key] = h
+                break
+    return hints
 
 
 def _checkpoint_of(obj):
@@ -73,14 +77,15 @@ def _checkpoint_of(obj):
         own = getattr(type(obj), "arch", None)
         if own in archs.MODELS and isinstance(obj, archs.MODELS[own]):
             return Checkpoint(dict(obj.state_dict()), "module", type(obj).__name__), own, archs.config_of(obj)
-        return normalize(dict(obj.state_dict()), source=type(obj).__name__), None, {}
+        return normalize(dict(obj.state_dict()), source=type(obj).__name__), None, module_hints(obj)
     if isinstance(obj, dict):
         return normalize(obj, source="<dict>"), None, {}
     raise TypeError(f"obj: expected a checkpoint path, a state_dict, a checkpoint dict or an nn.Module, "
                     f"got {type(obj).__name__}")
 
 
-def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", **config):
+def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", allow_tf32=False, validate=False,
+         cuda_graphs=True, **config):
     """Build an eval-mode pyengine model from ``obj`` and load its weights strictly.
 
     obj:     a path (``.pth``, ``.pt``, ``.bin``, ``.safetensors``), a state_dict, a checkpoint dict
@@ -91,14 +96,21 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", **
     device:  where the model lives; None means CUDA when available, else CPU. Inputs must be on that device.
     dtype:   the parameter dtype (default float32). Inputs of any float dtype are cast to it, and outputs are
              returned in the input's dtype.
-    backend: "auto" | "reference" | "triton" | "cuda" | "cpp". Only "reference" exists today ("auto" picks it);
-             asking for another raises ``BackendUnavailableError``.
+    backend: "auto" | "reference" | "triton" | "cuda" | "cpp" (see ``pyengine.dispatch``): the kernels every op
+             runs on. An explicit backend that cannot run here raises ``BackendUnavailableError`` saying why;
+             ``model.report()`` lists the kernel of every op and why it was chosen.
+    allow_tf32: let fp32 GEMMs and attention use TF32 tensor cores (off by default: fp32 means fp32).
+    validate: on the first call, run the eager reference beside the engine (fp64 and at ``dtype``) and raise
+             ``pyengine.ValidationError`` if the deviation exceeds the dtype's tolerance (as ``pyengine verify``).
+    cuda_graphs: on CUDA, inference calls (no grad) with a fixed input shape replay a CUDA graph captured after
+             two warm-up runs (latency mode); ``False`` runs every call eagerly.
     config:  hyperparameters by their published names (``frames``, ``channel``, ``token_num``, ``layer_index``,
              ``tie_break`` ...). Shape-determined ones are inferred and may be given only if they agree.
 
     Returns the model; ``model.pyengine`` (a ``LoadInfo``) says which architecture was assumed and why.
     """
-    chosen_backend = resolve_backend(backend)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype: expected a floating torch.dtype (float32, bfloat16, float16), got {dtype!r}")
     ckpt, own_arch, own_config = _checkpoint_of(obj)
@@ -106,12 +118,37 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", **
         if arch is not None and arch != own_arch:
             raise ValueError(f"arch={arch!r} contradicts the module given, a pyengine {own_arch!r} model")
         arch, config = own_arch, {**own_config, **config}
+    else:  # a foreign module's head counts (its num_heads attributes); a contradicting config is an error
+        for key, value in own_config.items():
+            if key in config and config[key] != value:
+                raise ValueError(f"{key}={config[key]!r} contradicts the module given, whose attention modules "
+                                 f"have num_heads={value}")
+        config = {**own_config, **config}
     arch, kwargs, reason = archs.resolve(ckpt.state_dict, arch, config)
-    model = archs.MODELS[arch](**kwargs)
-    check_keys(model, ckpt.state_dict, arch, reason, kwargs)
-    model.load_state_dict(ckpt.state_dict, strict=True)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from . import dispatch, engine
+    if backend == "reference":
+        cls, why = archs.MODELS[arch], "backend='reference' requested: the eager reference runs"
+    elif arch in engine.FUSED:
+        dispatch.check_backend(backend, device)  # an explicit backend that cannot run here raises now
+        cls, why = engine.FUSED[arch], f"fused model, backend={backend!r}"
+    elif backend == "auto":
+        cls, why = archs.MODELS[arch], f"auto: arch {arch!r} has no fused kernels in this version; the eager reference runs"
+    else:
+        raise BackendUnavailableError(f"backend={backend!r}: arch {arch!r} has no fused implementation in this "
+                                      f"version (fused: {sorted(engine.FUSED)}); use backend='reference' or 'auto'")
+    model = cls(**kwargs)
+    check_keys(model, ckpt.state_dict, arch, reason, kwargs)
+    model.load_state_dict(ckpt.state_dict, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
-    model.pyengine = LoadInfo(arch, kwargs, reason, chosen_backend, ckpt.format, ckpt.source, ckpt.notes)
+    if cls is not archs.MODELS[arch]:
+        model.set_backend(backend, allow_tf32)
+    model.pyengine = LoadInfo(arch, kwargs, reason, backend, ckpt.format, ckpt.source, ckpt.notes, why)
+    if not hasattr(model, "report"):
+        model.report = lambda: engine.report(model)
+    if cuda_graphs and torch.device(device).type == "cuda" and cls is not archs.MODELS[arch]:
+        engine.enable_cuda_graphs(model)
+    if validate:
+        engine.validate_once(model, arch, kwargs)
     return model

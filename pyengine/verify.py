@@ -1,6 +1,8 @@
 """``pyengine verify``: run a model on the shipped 2D sample and compare it, module by module, with an fp64 eager
 reference holding the same weights. The table lists each module that an accelerated backend replaces (MHG
 encoders, SHR/CHI blocks, spatial/temporal blocks, TRA, SUSA units ...), the backend it ran on and its deviation.
+Each module row runs that module alone on the fp64 reference's input to it (cast to the compute dtype), so a row
+shows the module's own error; the last row is the whole model end to end.
 """
 import inspect
 import os
@@ -67,20 +69,25 @@ def sample_windows(frames, n_joints, batch):
 
 
 def capture(model, names):
-    """Register hooks that store each named module's output; returns (store, handles)."""
+    """Register hooks that store each named module's inputs and output; returns (store, handles)."""
     store, handles = {}, []
     modules = dict(model.named_modules())
     for name in names:
-        def hook(_m, _inp, out, name=name):
-            outs = out if isinstance(out, tuple) else (out,)
-            store[name] = torch.cat([o.detach().reshape(-1) for o in outs if isinstance(o, torch.Tensor)])
+        def hook(_m, inp, out, name=name):
+            store[name] = (tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in inp), flat(out))
         handles.append(modules[name].register_forward_hook(hook))
     return store, handles
 
 
+def flat(out):
+    outs = out if isinstance(out, tuple) else (out,)
+    return torch.cat([o.detach().reshape(-1) for o in outs if isinstance(o, torch.Tensor)])
+
+
 def forward(model, arch, x, names, index=None):
-    """Run ``model`` on ``x`` capturing the named modules' outputs. Returns ``(captured, output, index)``;
-    TPC/HoT models use ``index`` when given (so every run shares one token selection) and report theirs."""
+    """Run ``model`` on ``x`` capturing the named modules' inputs and outputs. Returns
+    ``(captured, output, index)``; TPC/HoT models use ``index`` when given (so every run shares one token
+    selection) and report theirs."""
     store, handles = capture(model, names)
     try:
         kwargs = {} if index is None else {"index": index}
@@ -93,6 +100,17 @@ def forward(model, arch, x, names, index=None):
     if isinstance(out, tuple):
         out, index = out
     return store, out, index
+
+
+def module_outputs(model, names, inputs, dtype):
+    """Each named module of ``model`` run alone on the fp64 reference's inputs to that module, cast to ``dtype``:
+    the module's own error, not the error it inherits from the modules before it."""
+    out = {}
+    for name in names:
+        args = tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                     for t in inputs[name][0])
+        out[name] = flat(model.get_submodule(name)(*args))
+    return out
 
 
 def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, device="cpu", batch=2, seed=0,
@@ -130,15 +148,21 @@ def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, d
         inputs = f"{os.path.basename(DATA)}, {batch} windows of {info.config['frames']} frames"
     x = x.to(device)
 
-    names = [n for n, _ in model.named_modules() if n and any(re.fullmatch(p, n) for p, _ in watched(info.arch))]
+    from .nn._common import Fused
+    fused = any(isinstance(m, Fused) for m in model.modules())
+    # Per-module rows: the modules a fused model runs as fused modules (with the reference backend: all watched).
+    names = [n for n, m in model.named_modules() if n and any(re.fullmatch(p, n) for p, _ in watched(info.arch))
+             and (isinstance(m, Fused) or not fused)]
     kinds = {n: next(k for p, k in watched(info.arch) if re.fullmatch(p, n)) for n in names}
     with torch.no_grad():
-        got, out, index = forward(model, info.arch, x, names)
+        _, out, index = forward(model, info.arch, x, [])
         want, ref_out, _ = forward(reference, info.arch, x.double(), names, index)  # same token selection
-        base, base_out, _ = forward(same_precision, info.arch, x, names, index)
+        _, base_out, _ = forward(same_precision, info.arch, x, [], index)
+        got = module_outputs(model, names, want, dtype)
+        base = module_outputs(same_precision, names, want, dtype)
     floor = TOLERANCE[dtype]
     rows = []
-    for name, kind, a, b, e in [*((n, kinds[n], got[n], want[n], base[n]) for n in names),
+    for name, kind, a, b, e in [*((n, kinds[n], got[n], want[n][1], base[n]) for n in names),
                                 ("(whole model output)", "model", out, ref_out, base_out)]:
         tol = max(floor, EAGER_FACTOR * rel_error(e, b))
         rows.append(Row(name, kind, info.backend, rel_error(a, b), tol))

@@ -17,12 +17,15 @@ def run(capsys, *args):
 
 
 def test_verify_small_mhformer_lists_every_accelerated_module(capsys):
-    code, out, _ = run(capsys, "--arch", "mhformer", "--frames", "27", "--channel", "32", "--d-hid", "48")
+    small = ("--arch", "mhformer", "--frames", "27", "--channel", "32", "--d-hid", "48")
+    code, out, _ = run(capsys, *small)  # auto on CPU: the fused model; one row per fused module
     assert code == 0, out
     for name in ("Transformer_encoder_1", "Transformer_encoder_3", "Transformer_hypothesis.SHR_blocks.1",
-                 "Transformer_hypothesis.CHI_blocks.0", "regression", "(whole model output)"):
+                 "Transformer_hypothesis.CHI_blocks.0", "(whole model output)"):
         assert name in out
-    assert "reference" in out and "OK: 11 checks within tolerance" in out
+    assert " auto " in out and "OK: 7 checks within tolerance" in out
+    code, out, _ = run(capsys, *small, "--backend", "reference")  # the reference: every watched module
+    assert code == 0 and "regression" in out and "OK: 11 checks within tolerance" in out
 
 
 @pytest.mark.parametrize("args,expect", [
@@ -58,8 +61,8 @@ def test_verify_usage_errors_exit_2(capsys, tmp_path):
     assert code == 2 and "no such file" in err
     code, _, err = run(capsys, "--arch", "mhformer", "--frames", "28")
     assert code == 2 and "not divisible" in err
-    code, _, err = run(capsys, "--backend", "triton", "--frames", "27", "--channel", "32", "--d-hid", "48")
-    assert code == 2 and "backend='triton' is not available" in err
+    code, _, err = run(capsys, "--backend", "cuda", "--frames", "27", "--channel", "32", "--d-hid", "48")
+    assert code == 2 and "backend='cuda' runs on CUDA tensors" in err
     code, _, err = run(capsys, "--arch", "hsusa")
     assert code == 2 and "needs ['channels']" in err
 
@@ -67,3 +70,10 @@ def test_verify_usage_errors_exit_2(capsys, tmp_path):
 def test_console_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "pyengine", "verify", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--checkpoint" in out.stdout and "--token-num" in out.stdout
+
+
+def test_top_level_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "pyengine", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for word in ("verify", "lift", "bench", "exit codes: 0 success, 1 a check failed"):
+        assert word in out.stdout

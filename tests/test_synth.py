@@ -1,5 +1,6 @@
 """Tests of the procedural walking sample (pyengine/data/synth.py) and the shipped sample_walk.npz."""
 import importlib.util
+import json
 import os
 import sys
 
@@ -243,3 +244,24 @@ def test_normalized_sample_range(seq):
     assert out.dtype == np.float32
     assert np.abs(out[..., 0]).max() < 1.0
     assert np.abs(out[..., 1]).max() < H / W
+
+
+def test_shipped_mmpose_json_matches_generator(seq):
+    path = os.path.join(ROOT, "pyengine", "data", "sample_walk_mmpose.json")
+    assert os.path.exists(path), "run `python pyengine/data/synth.py` to write sample_walk_mmpose.json"
+    with open(path) as f:
+        text = f.read()
+    assert text == synth.mmpose_json(synth.make_mmpose_predictions(seq))
+    doc = json.loads(text)
+    assert doc["meta_info"]["image_width"] == W and doc["meta_info"]["image_height"] == H
+    frames = doc["instance_info"]
+    assert [fr["frame_id"] for fr in frames] == list(range(T))
+    inst = frames[7]["instances"][0]
+    assert len(inst["keypoints"]) == 17 and all(0.8 <= s <= 0.99 for s in inst["keypoint_scores"])
+    coco = np.array(inst["keypoints"])
+    h36m = seq["keypoints_2d"][7].astype(np.float64)
+    # COCO nose <- H36M neck/nose, left_wrist <- l_wrist, right_ankle <- r_ankle (2-decimal pixels).
+    for coco_j, h36m_j in ((0, 9), (9, 13), (16, 3)):
+        np.testing.assert_allclose(coco[coco_j], h36m[h36m_j], atol=0.006)
+    # Mid-eyes is the head joint (the MMPose COCO -> H36M rule for the head).
+    np.testing.assert_allclose((coco[1] + coco[2]) / 2, h36m[10], atol=0.01)

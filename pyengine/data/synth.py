@@ -12,7 +12,9 @@ seeded Gaussian noise (``noise_px``, default 1 px std) so they look like detecto
 not depend on the seed.
 
 ``python -m pyengine.data.synth`` (or ``python pyengine/data/synth.py``) rewrites ``sample_walk.npz`` next to this
-file; ``tests/test_synth.py`` checks that the shipped file equals a fresh ``make_walk_sequence()``.
+file, and ``sample_walk_mmpose.json``: the same 2D keypoints converted to COCO-17 (``h36m_to_coco``) as an MMPose
+prediction file with deterministic scores (``make_mmpose_predictions``); ``tests/test_synth.py`` checks that both
+shipped files equal a fresh generation.
 
 Coordinates: world is z-up, metres. Camera frame is x right, y down, z forward (OpenCV / Human3.6M convention),
 ``X_cam = R @ X_world + t``; pixels are ``u = fx * x / z + cx``, ``v = fy * y / z + cy``.
@@ -20,6 +22,7 @@ Coordinates: world is z-up, metres. Camera frame is x right, y down, z forward (
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 import numpy as np
@@ -35,6 +38,11 @@ __all__ = [
     "image_coordinates",
     "save_sample",
     "SAMPLE_PATH",
+    "MMPOSE_SAMPLE_PATH",
+    "h36m_to_coco",
+    "make_mmpose_predictions",
+    "mmpose_json",
+    "save_mmpose_sample",
     "main",
 ]
 
@@ -48,6 +56,7 @@ LEFT_JOINTS = (4, 5, 6, 11, 12, 13)
 RIGHT_JOINTS = (1, 2, 3, 14, 15, 16)
 
 SAMPLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_walk.npz")
+MMPOSE_SAMPLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_walk_mmpose.json")
 
 # Adult bone geometry in metres (body frame: x forward, y left, z up). Roughly a 1.75 m person.
 HIP_HALF_WIDTH = 0.13
@@ -320,15 +329,77 @@ def save_sample(path: str = SAMPLE_PATH, frames: int = 300, fps: float = 50.0, s
     return path
 
 
+COCO_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+              "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+              "right_knee", "left_ankle", "right_ankle")
+# COCO joint <- Human3.6M joint, for the joints both layouts have (the inverse of pyengine.keypoints' mapping).
+_COCO_FROM_H36M = {0: 9, 5: 11, 6: 14, 7: 12, 8: 15, 9: 13, 10: 16, 11: 4, 12: 1, 13: 5, 14: 2, 15: 6, 16: 3}
+
+
+def h36m_to_coco(kp: np.ndarray) -> np.ndarray:
+    """Human3.6M-17 ``[T, 17, 2]`` -> COCO-17 ``[T, 17, 2]`` for the synthetic sample.
+
+    Limbs, hips, shoulders copy their joint; nose = H36M neck/nose; the eyes and ears, which H36M does not have,
+    sit on the head joint offset along the shoulder line (eyes +-0.1, ears +-0.2 of the shoulder vector, towards
+    the subject's own side), so that ``pyengine.keypoints.coco_to_h36m`` (head = mid-eyes) recovers the head."""
+    kp = np.asarray(kp, dtype=np.float64)
+    out = np.empty_like(kp)
+    for coco, h36m in _COCO_FROM_H36M.items():
+        out[:, coco] = kp[:, h36m]
+    side = kp[:, 11] - kp[:, 14]  # right shoulder -> left shoulder
+    head = kp[:, 10]
+    out[:, 1], out[:, 2] = head + 0.1 * side, head - 0.1 * side
+    out[:, 3], out[:, 4] = head + 0.2 * side, head - 0.2 * side
+    return out
+
+
+def make_mmpose_predictions(seq: dict, seed: int = 0) -> dict:
+    """The 2D keypoints of ``seq`` (``make_walk_sequence``) as an MMPose top-down prediction document: COCO-17
+    keypoints in pixels (2 decimals) with seeded scores in [0.80, 0.99] (3 decimals), one instance per frame."""
+    coco = np.round(h36m_to_coco(seq["keypoints_2d"]), 2)
+    rng = np.random.default_rng(seed + 1000)  # its own stream: the npz sample does not change
+    scores = np.round(0.80 + 0.19 * rng.random(coco.shape[:2]), 3)
+    frames = []
+    for t in range(len(coco)):
+        lo, hi = coco[t].min(axis=0), coco[t].max(axis=0)
+        frames.append({"frame_id": t, "instances": [{
+            "keypoints": coco[t].tolist(), "keypoint_scores": scores[t].tolist(),
+            "bbox": [[round(float(lo[0]) - 20, 2), round(float(lo[1]) - 20, 2), round(float(hi[0]) + 20, 2),
+                      round(float(hi[1]) + 20, 2)]], "bbox_score": 1.0}]})
+    meta = {"dataset_name": "coco", "num_keypoints": 17, "keypoint_id2name": dict(enumerate(COCO_NAMES)),
+            "image_width": int(seq["width"]), "image_height": int(seq["height"]), "fps": float(seq["fps"]),
+            "generator": "pyengine.data.synth (synthetic walking sample, not a real detector)"}
+    return {"meta_info": meta, "instance_info": frames}
+
+
+def mmpose_json(doc: dict) -> str:
+    """Deterministic JSON text of a prediction document (one frame per line)."""
+    frames = ",\n".join(json.dumps(fr, separators=(",", ":")) for fr in doc["instance_info"])
+    return ('{"meta_info":' + json.dumps(doc["meta_info"], separators=(",", ":")) + ',\n"instance_info":[\n'
+            + frames + "\n]}\n")
+
+
+def save_mmpose_sample(path: str = MMPOSE_SAMPLE_PATH, frames: int = 300, fps: float = 50.0, seed: int = 0) -> str:
+    """Write the MMPose JSON version of ``make_walk_sequence(frames, fps, seed)`` to ``path``."""
+    text = mmpose_json(make_mmpose_predictions(make_walk_sequence(frames=frames, fps=fps, seed=seed), seed=seed))
+    with open(path, "w", newline="\n") as f:
+        f.write(text)
+    return path
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Write the synthetic walking sample (sample_walk.npz).")
+    parser = argparse.ArgumentParser(description="Write the synthetic walking sample (sample_walk.npz and "
+                                                 "sample_walk_mmpose.json).")
     parser.add_argument("--out", default=SAMPLE_PATH, help="output .npz path (default: the shipped sample)")
+    parser.add_argument("--mmpose-out", default=MMPOSE_SAMPLE_PATH,
+                        help="output MMPose .json path (default: the shipped sample)")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--fps", type=float, default=50.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    path = save_sample(args.out, frames=args.frames, fps=args.fps, seed=args.seed)
-    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    for path in (save_sample(args.out, frames=args.frames, fps=args.fps, seed=args.seed),
+                 save_mmpose_sample(args.mmpose_out, frames=args.frames, fps=args.fps, seed=args.seed)):
+        print(f"wrote {path} ({os.path.getsize(path)} bytes)")
     return 0
 
 

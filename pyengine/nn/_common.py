@@ -27,6 +27,11 @@ class Fused(nn.Module):
                 m.__dict__["_ops_cache"] = {}
         return self
 
+    def report(self):
+        """What runs where: see ``pyengine.engine.report``."""
+        from ..engine import report
+        return report(self)
+
     def cached(self, name: str, sources, build):
         """``build()`` (e.g. stacked or BatchNorm-folded weights), recomputed when any source tensor changes.
 

@@ -1,5 +1,8 @@
 """Registered pyengine ops (``torch.library.custom_op("pyengine::...")``), one op per file, each with the
-Python wrapper that validates arguments and picks the implementation for a backend."""
+Python wrapper that validates arguments and picks the implementation for a backend, and its eager reference."""
+from .attention import attention
+from .layernorm import layernorm
+from .ln_linear import ln_linear
 from .tpc_select import tpc_select
 
-__all__ = ["tpc_select"]
+__all__ = ["attention", "layernorm", "ln_linear", "tpc_select"]

@@ -1,0 +1,294 @@
+"""The engine surface: fused model classes per architecture, ``report()``, ``swap`` / ``revert`` of recognised
+submodules inside any model, and first-call validation against the eager reference."""
+import dataclasses
+
+import torch
+from torch import nn
+
+from . import arch as archs
+from . import dispatch
+from .models import layers as ref_layers
+from .models import mhformer as ref_mhformer
+from .nn import layers as fused_layers
+from .nn import mhformer as fused_mhformer
+from .nn import mixste as fused_mixste
+from .nn._common import Fused
+
+# Architectures with a fused implementation (the SUSA family joins when its drop-in modules land).
+FUSED = {
+    "mhformer": fused_mhformer.MHFormer, "tpc_mhformer": fused_mhformer.TPCMHFormer,
+    "mixste": fused_mixste.MixSTE, "tpc_mixste": fused_mixste.TPCMixSTE, "hot_mixste": fused_mixste.HoTMixSTE,
+}
+
+# Which ops each fused module runs (for report()).
+USES = {
+    "MHFormer": {"MHG input LN + pos_embed, final LN + residual": ("layernorm",),
+                 "embeddings (3 hypotheses, one launch; F=27 BatchNorm folded)": ("ln_linear",),
+                 "hypothesis LN + regression (BatchNorm folded)": ("ln_linear",)},
+    "TPCMHFormer": {"DPC-kNN selection on cat(x1, x2, x3)": ("tpc_select",),
+                    "gather of the kept frames (3 hypotheses at once)": ("gather_tokens",)},
+    "MHGEncoder": {"4 blocks over 34 tokens": ("ln_linear", "attention")},
+    "SHRBlock": {"3 self-attentions grouped + mixing MLP": ("ln_linear", "attention")},
+    "CHIBlock": {"3 sequential cross-attention steps + mixing MLP": ("ln_linear", "attention")},
+    "Block": {"LN+QKV, attention, proj+residual, LN+fc1+GELU, fc2+residual": ("ln_linear", "attention")},
+    "CrossAttention": {"q / kv projections, attention, proj": ("ln_linear", "attention")},
+    "MixSTE": {"embedding, head": ("ln_linear",), "Spatial_norm (+ temporal pos_embed), Temporal_norm": ("layernorm",)},
+    "TPCMixSTE": {"DPC-kNN selection on the per-joint mean": ("tpc_select",), "gather": ("gather_tokens",)},
+    "HoTMixSTE": {"DPC-kNN selection on the per-joint mean": ("tpc_select",),
+                  "gather + pos_embed_token add": ("gather_tokens",),
+                  "TRA (queries projected once, shared)": ("ln_linear", "attention")},
+}
+GLUE = {
+    "MHFormer": "torch glue: input transpose (34 x F per window), embedding stack, pos_embed_k add, CHI column "
+                "writes (torch.cat); F=27 embedding ReLU",
+    "MixSTE": "torch glue: Spatial_pos_embed add after the 2 -> C embedding",
+    "HoTMixSTE": "torch glue: per-frame mean for the selection features, x_token residual add",
+}
+
+
+@dataclasses.dataclass
+class ReportRow:
+    module: str
+    what: str
+    kernels: str
+    why: str
+
+
+class Report(list):
+    """``model.report()``: one row per part of the model — the module, what runs, the kernel per op, and why."""
+
+    def __str__(self):
+        w = max([len(r.module) for r in self] + [6])
+        k = max([len(r.kernels) for r in self] + [7])
+        lines = [f"{'module':<{w}}  {'kernels':<{k}}  what / why"]
+        lines += [f"{r.module:<{w}}  {r.kernels:<{k}}  {r.what}; {r.why}" for r in self]
+        return "\n".join(lines)
+
+
+def _device_of(model):
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def report(model) -> Report:
+    """What runs where, for a model returned by ``pyengine.load`` (or any module holding fused submodules)."""
+    rows = Report()
+    info = getattr(model, "pyengine", None)
+    device = _device_of(model)
+    fused = [(n, m) for n, m in model.named_modules() if isinstance(m, Fused)]
+    if not fused:
+        why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
+        rows.append(ReportRow("(whole model)", type(model).__name__, "reference", why))
+        return rows
+    for name, m in fused:
+        choice = m.ops_for(torch.empty(0, device=device)).choice
+        for cls in type(m).__mro__:
+            for what, ops in USES.get(cls.__name__, {}).items() if cls.__module__.startswith("pyengine.nn") else ():
+                kern = ", ".join(f"{op}={choice[op].impl}" for op in ops)
+                why = "; ".join(sorted({f"{choice[op].impl}: {choice[op].why}" for op in ops}))
+                rows.append(ReportRow(name or "(model)", what, kern, why))
+        glue = GLUE.get(type(m).__name__) or next((GLUE[c.__name__] for c in type(m).__mro__[1:]
+                                                   if c.__name__ in GLUE and c.__module__.startswith("pyengine.nn")),
+                                                  None)
+        if glue and not name:
+            rows.append(ReportRow("(model)", glue, "torch", "elementwise glue between fused launches"))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# swap / revert: replace recognised submodules of any model (pyengine's references or a copy of the published
+# code with other class names) by fused modules that share the very same Parameter objects.
+
+def _share(new: nn.Module, orig: nn.Module):
+    for mod_name, mod in new.named_modules():
+        target = orig.get_submodule(mod_name)
+        for pname in list(mod._parameters):
+            mod._parameters[pname] = target._parameters[pname]
+        for bname in list(mod._buffers):
+            mod._buffers[bname] = target._buffers[bname]
+    return new
+
+
+def _heads(module, what):
+    h = getattr(module, "num_heads", None)
+    if not isinstance(h, int):
+        raise ValueError(f"swap: {what} {type(module).__name__} has no integer attribute num_heads (the head count "
+                         "cannot be read off the weights); give it one or load the weights with pyengine.load")
+    return h
+
+
+def _candidates(module):
+    """Fused modules that ``module`` could be, from its parameter shapes (heads from ``num_heads``)."""
+    sd = module.state_dict()
+    keys = set(sd)
+    if {"attn_1.qkv.weight", "norm2.weight", "mlp.fc1.weight"} <= keys:
+        C = sd["attn_1.qkv.weight"].shape[1]
+        yield lambda: fused_mhformer.SHRBlock(C, _heads(module.attn_1, "SHR block attention"),
+                                             sd["mlp.fc1.weight"].shape[0])
+    if {"attn_1.linear_q.weight", "norm3_11.weight", "mlp.fc1.weight"} <= keys:
+        C = sd["attn_1.linear_q.weight"].shape[1]
+        yield lambda: fused_mhformer.CHIBlock(C, _heads(module.attn_1, "CHI block attention"),
+                                             sd["mlp.fc1.weight"].shape[0])
+    if {"pos_embed", "blocks.0.attn.qkv.weight", "norm.weight"} <= keys:
+        depth = len({k.split(".")[1] for k in keys if k.startswith("blocks.")})
+        T, Fw = sd["pos_embed"].shape[1:]
+        yield lambda: fused_mhformer.MHGEncoder(depth, Fw, sd["blocks.0.mlp.fc1.weight"].shape[0],
+                                               _heads(module.blocks[0].attn, "MHG attention"), T)
+    if {"norm1.weight", "attn.qkv.weight", "norm2.weight", "mlp.fc1.weight"} <= keys:
+        C = sd["attn.qkv.weight"].shape[1]
+        yield lambda: fused_layers.Block(C, _heads(module.attn, "block attention"), sd["mlp.fc1.weight"].shape[0],
+                                         eps=module.norm1.eps)
+    if {"linear_q.weight", "linear_k.weight", "linear_v.weight", "proj.weight"} <= keys and len(keys) <= 8:
+        yield lambda: fused_layers.CrossAttention(sd["linear_q.weight"].shape[1], _heads(module, "cross attention"),
+                                                  qkv_bias="linear_q.bias" in keys)
+
+
+def _recognise(module):
+    """A fused module with exactly ``module``'s parameter names and shapes, or None."""
+    if isinstance(module, Fused):
+        return None
+    sd = module.state_dict()
+    for build in _candidates(module):
+        new = build()
+        nsd = new.state_dict()
+        if set(nsd) == set(sd) and all(nsd[k].shape == sd[k].shape for k in sd):
+            return _share(new, module).to(next(iter(sd.values())).device)
+    return None
+
+
+def swap(module: nn.Module, backend: str = "auto", allow_tf32: bool = False) -> list:
+    """Replace, in place, every recognised submodule of ``module`` (SHR / CHI blocks, MHG encoders, attention
+    blocks, cross-attentions — pyengine's reference classes or any class with the published structure) by its
+    fused drop-in, sharing the same Parameter objects. Returns the swapped names; ``revert`` undoes it."""
+    device = _device_of(module)
+    dispatch.check_backend(backend, device)
+    swapped = []
+
+    def visit(parent, prefix):
+        for name, child in list(parent.named_children()):
+            new = _recognise(child)
+            if new is None:
+                visit(child, f"{prefix}{name}.")
+                continue
+            new.set_backend(backend, allow_tf32)
+            new.train(child.training)
+            parent.__dict__.setdefault("_pyengine_swapped", {})[name] = child
+            parent._modules[name] = new
+            swapped.append(prefix + name)
+
+    visit(module, "")
+    return swapped
+
+
+def revert(module: nn.Module) -> list:
+    """Put back every submodule ``swap`` replaced (the original objects, untouched). Returns their names."""
+    restored = []
+    for name, parent in list(module.named_modules()):
+        saved = parent.__dict__.pop("_pyengine_swapped", {})
+        for child_name, orig in saved.items():
+            parent._modules[child_name] = orig
+            restored.append(f"{name}.{child_name}" if name else child_name)
+    return restored
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validate=True: the eager reference runs beside the engine on the first call.
+
+class ValidationError(RuntimeError):
+    """The engine's output deviates from the eager reference by more than the dtype's tolerance."""
+
+
+def _run(model, arch, x, index):
+    kw = {}
+    if index is not None:
+        kw["index"] = index
+    if arch == "hot_mixste":
+        kw["return_index"] = True
+    out = model(x, **kw)
+    return out if isinstance(out, tuple) else (out, None)
+
+
+def validate_once(model, arch, config):
+    """Register a hook that, on the first call, compares ``model`` with an fp64 eager reference and with the
+    eager reference at the model's precision; raises ``ValidationError`` over tolerance (see ``verify``)."""
+    from .testing import rel_error
+    from .verify import EAGER_FACTOR, TOLERANCE
+
+    def hook(mod, args, kwargs, output):
+        handle.remove()
+        x = args[0] if args else kwargs["x"]
+        out, index = output if isinstance(output, tuple) else (output, None)
+        dtype = next(mod.parameters()).dtype
+
+        def eager(dt):
+            m = archs.MODELS[arch](**config)
+            m.load_state_dict(mod.state_dict())
+            return m.to(device=x.device, dtype=dt).eval()
+
+        with torch.no_grad():
+            want, _ = _run(eager(torch.float64), arch, x.double(), index)
+            base, _ = _run(eager(dtype), arch, x, index)
+        tol = max(TOLERANCE[dtype], EAGER_FACTOR * rel_error(base, want))
+        err = rel_error(out, want)
+        mod.pyengine.validation = {"deviation": err, "tolerance": tol}
+        if not err <= tol:
+            raise ValidationError(
+                f"validate=True: {arch} on backend {mod.pyengine.backend!r} deviates from the fp64 eager reference "
+                f"by {err:.3e} (relative), over the {str(dtype).replace('torch.', '')} tolerance {tol:.1e} "
+                f"(= max({EAGER_FACTOR:g} x eager's own {str(dtype).replace('torch.', '')} deviation, floor)); "
+                f"run `pyengine verify` for the per-module deviations")
+
+    handle = model.register_forward_hook(hook, with_kwargs=True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Latency mode: fixed-shape calls on CUDA replay a captured CUDA graph.
+
+class GraphedForward:
+    """Replaces ``model.forward`` on CUDA: each new input signature (shape, dtype, index given or not) is run
+    eagerly twice on a side stream (so every kernel is compiled and its configuration chosen), then captured into
+    a CUDA graph; later calls with that signature copy the input into the graph's static buffer and replay.
+    Outputs are fresh tensors (cloned from the static outputs), so callers may keep them across calls."""
+
+    def __init__(self, model, eager_forward):
+        self.model, self.eager, self.graphs = model, eager_forward, {}
+
+    def __call__(self, x, *args, **kwargs):
+        if not (isinstance(x, torch.Tensor) and x.is_cuda) or torch.is_grad_enabled() or args or \
+                any(isinstance(v, torch.Tensor) and not v.is_cuda for v in kwargs.values()):
+            # grad mode, CPU input or extra positional args: the capture assumptions do not hold
+            return self.eager(x, *args, **kwargs)
+        key = (tuple(x.shape), x.dtype, tuple(sorted((k, tuple(v.shape) if isinstance(v, torch.Tensor) else v)
+                                                     for k, v in kwargs.items())))
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self.graphs[key] = self._capture(x, kwargs)
+        graph, static_in, static_kw, static_out = entry
+        static_in.copy_(x)
+        for k, v in kwargs.items():
+            if isinstance(v, torch.Tensor):
+                static_kw[k].copy_(v)
+        graph.replay()
+        return tuple(o.clone() for o in static_out) if isinstance(static_out, tuple) else static_out.clone()
+
+    def _capture(self, x, kwargs):
+        static_in = x.clone()
+        static_kw = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: Triton compiles and launch configurations are fixed before capture
+                self.eager(static_in, **static_kw)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.eager(static_in, **static_kw)
+        return graph, static_in, static_kw, static_out
+
+
+def enable_cuda_graphs(model):
+    """Latency mode (``pyengine.load(..., cuda_graphs=True)``, the default on CUDA)."""
+    if not isinstance(model.forward, GraphedForward):
+        model.forward = GraphedForward(model, model.forward)
+    return model

@@ -1,0 +1,465 @@
+"""Reading 2D keypoints from files, COCO-17 -> Human3.6M-17 conversion, missing-keypoint handling and the screen
+normalisation of SPEC.md §4. Everything here is numpy; ``pyengine.lift`` takes the result.
+
+Formats (``read_keypoints``; chosen by the file extension unless ``format=`` is given):
+
+* ``.npz`` (no pickle needed): pyengine / sample style, key ``keypoints_2d`` ``[T, 17, 2|3]`` (optional ``scores``
+  ``[T, 17]``, ``width``, ``height``, ``layout`` ``"h36m"|"coco"``, ``normalized``), e.g. the shipped
+  ``pyengine/data/sample_walk.npz``.
+* ``.npz`` in the VideoPose3D layout: ``positions_2d`` is a pickled ``{subject: {action: [camera arrays]}}`` dict
+  (and ``metadata`` a pickled dict). Pickle can run arbitrary code, so these two keys are read with a restricted
+  unpickler that only rebuilds plain containers (dict / list / tuple / str / numbers) and numpy arrays and dtypes;
+  any other object in the file is refused (``KeypointError``) before it is created. The structure is validated.
+  ``metadata['layout_name'] == 'coco'`` (VideoPose3D's in-the-wild files) switches to COCO-17 conversion, and
+  ``metadata['video_metadata'][subject]['w'/'h']`` supplies the image size when present.
+* ``.json``: MMPose predictions: ``{"instance_info": [{"frame_id", "instances": [...]}, ...]}`` (the top-down demo's
+  ``--save-predictions``) or a plain list of such frame dicts (the inferencer); each instance has ``keypoints``
+  (``[[x, y], ...]`` or a flat ``[x, y, score, ...]``; ``null`` = missing) and ``keypoint_scores``, COCO-17 order,
+  pixels. One person is lifted: per frame, the instance with the highest mean keypoint score. A frame without
+  instances has every keypoint missing. ``meta_info.image_width`` / ``image_height`` (written by pyengine's sample)
+  give the image size.
+* ``.npy``: a float array ``[T, 17, 2]`` (or ``[T, 17, 3]`` with scores), no pickle.
+* ``.csv``: one row per frame, 34 columns ``x0, y0, x1, y1, ...`` or 51 columns ``x0, y0, s0, ...``; an optional
+  non-numeric header line is skipped.
+
+``.npy`` / ``.csv`` / the sample npz are Human3.6M-17 order unless ``layout="coco"``.
+
+COCO-17 -> Human3.6M-17 (``coco_to_h36m``; the MMPose convention, ``convert_keypoint_definition``):
+
+====  ============  ==============================================
+H36M  joint         from COCO
+====  ============  ==============================================
+0     hip (root)    mid(left_hip 11, right_hip 12)
+1     r_hip         right_hip 12
+2     r_knee        right_knee 14
+3     r_ankle       right_ankle 16
+4     l_hip         left_hip 11
+5     l_knee        left_knee 13
+6     l_ankle       left_ankle 15
+7     spine         mid(hip, thorax), i.e. halfway between the hip and shoulder midpoints
+8     thorax        mid(left_shoulder 5, right_shoulder 6)
+9     neck/nose     nose 0
+10    head          mid(left_eye 1, right_eye 2)
+11    l_shoulder    left_shoulder 5
+12    l_elbow       left_elbow 7
+13    l_wrist       left_wrist 9
+14    r_shoulder    right_shoulder 6
+15    r_elbow       right_elbow 8
+16    r_wrist       right_wrist 10
+====  ============  ==============================================
+
+A derived joint's score is the minimum of its sources' scores (and it is missing if any source is).
+
+Missing keypoints: a NaN coordinate, or a score below ``score_threshold``. ``prepare_keypoints`` raises
+``KeypointError`` naming them unless ``interpolate=True``, which fills each missing (joint, coordinate) linearly in
+time between the nearest present frames and holds the first / last present value at the ends; a joint missing in
+every frame is still an error.
+"""
+import csv
+import json
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data.synth import JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, image_coordinates, normalize_screen
+
+__all__ = ["KeypointError", "Keypoints2D", "read_keypoints", "prepare_keypoints", "load_keypoints",
+           "coco_to_h36m", "interpolate_missing", "normalize_screen", "image_coordinates", "JOINT_NAMES",
+           "COCO_JOINT_NAMES", "LEFT_JOINTS", "RIGHT_JOINTS", "FORMATS", "DEFAULT_SCORE_THRESHOLD"]
+
+COCO_JOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                    "right_knee", "left_ankle", "right_ankle")
+# H36M joint -> the COCO joints it is the mean of (see the table in the module docstring). Spine (7) is derived
+# from hip and thorax afterwards.
+COCO_TO_H36M = {0: (11, 12), 1: (12,), 2: (14,), 3: (16,), 4: (11,), 5: (13,), 6: (15,), 8: (5, 6), 9: (0,),
+                10: (1, 2), 11: (5,), 12: (7,), 13: (9,), 14: (6,), 15: (8,), 16: (10,)}
+FORMATS = ("npz", "json", "npy", "csv")
+LAYOUTS = ("h36m", "coco")
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+
+class KeypointError(ValueError):
+    """A keypoint file or array is malformed, has the wrong joint count, or has missing keypoints."""
+
+
+@dataclass
+class Keypoints2D:
+    """Keypoints as read from a file, Human3.6M-17 order (already converted when the file was COCO-17).
+
+    xy [T, 17, 2] float64 (NaN where missing), scores [T, 17] or None, width / height in pixels or None,
+    normalized (True when ``xy`` is already in the screen-normalised space), layout of the file, source path."""
+
+    xy: np.ndarray
+    scores: object = None
+    width: object = None
+    height: object = None
+    normalized: bool = False
+    layout: str = "h36m"
+    source: str = "<array>"
+
+
+def coco_to_h36m(xy, scores=None):
+    """COCO-17 ``[T, 17, 2]`` (and scores ``[T, 17]``) -> Human3.6M-17, per the table in the module docstring.
+    Returns ``(xy, scores)`` (scores None when not given). NaN sources give NaN derived joints."""
+    xy = np.asarray(xy, dtype=np.float64)
+    _check_joint_shape(xy, "xy", "COCO-17")
+    out = np.empty_like(xy)
+    for h, src in COCO_TO_H36M.items():
+        out[:, h] = xy[:, list(src)].mean(axis=1)
+    out[:, 7] = (out[:, 0] + out[:, 8]) / 2
+    if scores is None:
+        return out, None
+    scores = np.asarray(scores, dtype=np.float64)
+    s = np.empty_like(scores)
+    for h, src in COCO_TO_H36M.items():
+        s[:, h] = scores[:, list(src)].min(axis=1)
+    s[:, 7] = np.minimum(s[:, 0], s[:, 8])
+    return out, s
+
+
+def _check_joint_shape(a, name, layout="Human3.6M-17"):
+    if a.ndim != 3 or a.shape[1] != 17 or a.shape[2] != 2:
+        raise KeypointError(f"{name}: expected {layout} keypoints of shape [T, 17, 2], got {list(a.shape)}")
+    if a.shape[0] == 0:
+        raise KeypointError(f"{name}: the sequence is empty (shape {list(a.shape)})")
+
+
+def _split_scores(a, name):
+    """``[T, 17, 2|3]`` -> (xy, scores or None)."""
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise KeypointError(f"{name}: expected a real numeric array, got dtype {a.dtype}")
+    if a.ndim != 3 or a.shape[1] != 17 or a.shape[2] not in (2, 3):
+        raise KeypointError(f"{name}: expected shape [T, 17, 2] (x, y) or [T, 17, 3] (x, y, score) with 17 joints, "
+                            f"got {list(a.shape)}")
+    if a.shape[0] == 0:
+        raise KeypointError(f"{name}: the sequence is empty (shape {list(a.shape)})")
+    a = a.astype(np.float64)
+    return (a[..., :2], a[..., 2]) if a.shape[2] == 3 else (a, None)
+
+
+def _finish(xy, scores, layout, source, **kw):
+    if layout not in LAYOUTS:
+        raise KeypointError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    if layout == "coco":
+        xy, scores = coco_to_h36m(xy, scores)
+    return Keypoints2D(xy, scores, layout=layout, source=source, **kw)
+
+
+# ---------------------------------------------------------------- VideoPose3D npz: restricted unpickling
+# The only callables a pickled numpy array needs, taken from numpy itself (numpy 1.x pickles name the module
+# numpy.core.multiarray, numpy 2.x numpy._core.multiarray; both map to the objects of the installed numpy).
+_NUMPY_GLOBALS = {"_reconstruct": np.zeros(1).__reduce__()[0], "scalar": np.float64(0).__reduce__()[0]}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Rebuilds only numpy arrays / dtypes / scalars; plain containers need no globals. Refuses everything else."""
+
+    def find_class(self, module, name):
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in _NUMPY_GLOBALS:
+            return _NUMPY_GLOBALS[name]
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        raise KeypointError(f"refusing to unpickle {module}.{name}: only numpy arrays and plain containers are "
+                            f"accepted in a VideoPose3D keypoint file")
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _safe_object_member(zf, member, path):
+    """Load the 0-d object array ``member`` (``positions_2d.npy``) of an npz with the restricted unpickler."""
+    with zf.open(member) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = _HEADER_READERS[version](f)
+        except (KeyError, ValueError) as exc:
+            raise KeypointError(f"{path}: {member}: not a readable .npy member ({exc!r})") from None
+        if dtype.hasobject:
+            try:
+                value = _SafeUnpickler(f).load()
+            except KeypointError as exc:
+                raise KeypointError(f"{path}: {member}: {exc}") from None
+            except Exception as exc:
+                raise KeypointError(f"{path}: {member} is not a readable pickled object ({exc})") from None
+            return value.item() if isinstance(value, np.ndarray) and value.shape == () else value
+    raise KeypointError(f"{path}: {member}: expected a pickled dict (object array), got dtype {dtype} shape {shape}")
+
+
+def _pick(options, wanted, what, path):
+    keys = list(options)
+    if wanted is None:
+        if len(keys) != 1:
+            raise KeypointError(f"{path}: holds {len(keys)} {what}s {keys[:20]}; choose one with {what}=")
+        return keys[0]
+    if wanted not in options:
+        raise KeypointError(f"{path}: {what} {wanted!r} not found; available: {keys[:20]}")
+    return wanted
+
+
+def _read_videopose3d(path, zf, subject, action, camera):
+    pos = _safe_object_member(zf, "positions_2d.npy", path)
+    meta = _safe_object_member(zf, "metadata.npy", path) if "metadata.npy" in zf.namelist() else {}
+    if not isinstance(pos, dict) or not all(isinstance(v, dict) for v in pos.values()):
+        raise KeypointError(f"{path}: positions_2d must be a dict subject -> dict action -> list of per-camera "
+                            f"[T, 17, 2] arrays, got {type(pos).__name__}")
+    if not isinstance(meta, dict):
+        raise KeypointError(f"{path}: metadata must be a dict, got {type(meta).__name__}")
+    subject = _pick(pos, subject, "subject", path)
+    action = _pick(pos[subject], action, "action", path)
+    cams = pos[subject][action]
+    if isinstance(cams, np.ndarray) and cams.dtype != object:
+        cams = [cams]
+    if not isinstance(cams, (list, tuple, np.ndarray)) or len(cams) == 0:
+        raise KeypointError(f"{path}: positions_2d[{subject!r}][{action!r}] must be a non-empty list of per-camera "
+                            f"arrays, got {type(cams).__name__}")
+    camera = 0 if camera is None else camera
+    if not 0 <= camera < len(cams):
+        raise KeypointError(f"{path}: camera={camera} out of range: {subject}/{action} has {len(cams)} camera(s)")
+    name = f"{path}: positions_2d[{subject!r}][{action!r}][{camera}]"
+    xy, scores = _split_scores(cams[camera], name)
+    layout = str(meta.get("layout_name", "h36m")).lower()
+    layout = "coco" if layout.startswith("coco") else "h36m"
+    size = (meta.get("video_metadata") or {}).get(subject) or {}
+    w, h = size.get("w"), size.get("h")
+    return _finish(xy, scores, layout, f"{path} [{subject}/{action}/camera {camera}]",
+                   width=None if w is None else float(w), height=None if h is None else float(h))
+
+
+def _read_npz(path, layout, subject, action, camera):
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise KeypointError(f"{path}: not a readable .npz file ({exc})") from None
+    with zf:
+        names = zf.namelist()
+        if "positions_2d.npy" in names:
+            return _read_videopose3d(path, zf, subject, action, camera)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise KeypointError(f"{path}: cannot read without pickle ({exc})") from None
+    try:
+        with data:
+            return _sample_npz(path, data, layout)
+    except ValueError as exc:  # e.g. an object array, which allow_pickle=False refuses
+        if isinstance(exc, KeypointError):
+            raise
+        raise KeypointError(f"{path}: cannot read without pickle ({exc})") from None
+
+
+def _sample_npz(path, data, layout):
+    """The pyengine sample layout: ``keypoints_2d`` plus optional ``scores``, ``width``, ``height`` ..."""
+    if "keypoints_2d" not in data.files:
+        raise KeypointError(f"{path}: expected a key 'keypoints_2d' [T, 17, 2] (pyengine sample layout) or "
+                            f"'positions_2d' (VideoPose3D layout), found keys {data.files}")
+    xy, scores = _split_scores(data["keypoints_2d"], f"{path}: keypoints_2d")
+    if "scores" in data.files:
+        if scores is not None:
+            raise KeypointError(f"{path}: scores given twice (keypoints_2d [.., 3] and 'scores')")
+        scores = np.asarray(data["scores"], dtype=np.float64)
+        if scores.shape != xy.shape[:2]:
+            raise KeypointError(f"{path}: scores: expected shape {list(xy.shape[:2])}, got {list(scores.shape)}")
+    get = {k: data[k].item() for k in ("width", "height", "normalized", "layout") if k in data.files}
+    w, h = get.get("width"), get.get("height")
+    return _finish(xy, scores, str(get.get("layout", layout or "h36m")), path,
+                   width=None if w is None else float(w), height=None if h is None else float(h),
+                   normalized=bool(get.get("normalized", False)))
+
+
+# ---------------------------------------------------------------- MMPose JSON
+def _instance_keypoints(inst, where):
+    if not isinstance(inst, dict) or "keypoints" not in inst:
+        raise KeypointError(f"{where}: expected an instance dict with 'keypoints', got {type(inst).__name__}")
+    try:
+        kp = np.asarray(inst["keypoints"], dtype=np.float64)
+        scores = (np.asarray(inst["keypoint_scores"], dtype=np.float64).reshape(-1)
+                  if "keypoint_scores" in inst else None)
+    except (TypeError, ValueError) as exc:
+        raise KeypointError(f"{where}: keypoints / keypoint_scores are not numeric arrays ({exc})") from None
+    if kp.ndim == 3 and kp.shape[0] == 1:  # some MMPose versions nest one more level
+        kp = kp[0]
+    if kp.ndim == 1 and kp.size == 51:
+        kp = kp.reshape(17, 3)
+    if kp.ndim != 2 or kp.shape[0] != 17 or kp.shape[1] not in (2, 3):
+        raise KeypointError(f"{where}: keypoints: expected 17 COCO keypoints ([17, 2], [17, 3] or 51 numbers), got "
+                            f"shape {list(kp.shape)}")
+    if scores is not None:
+        if scores.shape != (17,):
+            raise KeypointError(f"{where}: keypoint_scores: expected 17 scores, got {scores.size}")
+    elif kp.shape[1] == 3:
+        scores = kp[:, 2]
+    else:
+        scores = np.ones(17)
+    return kp[:, :2], scores
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KeypointError(f"{path}: not valid JSON ({exc})") from None
+    meta = doc.get("meta_info", {}) if isinstance(doc, dict) else {}
+    frames = doc.get("instance_info") if isinstance(doc, dict) else doc
+    if not isinstance(frames, list) or not frames or not all(isinstance(fr, dict) and "instances" in fr
+                                                             for fr in frames):
+        raise KeypointError(f"{path}: expected MMPose predictions: a non-empty list of frames "
+                            "{'frame_id', 'instances': [...]}, or a dict with such a list under 'instance_info'")
+    if "frame_id" in frames[0]:
+        frames = sorted(frames, key=lambda fr: fr.get("frame_id", 0))
+    T = len(frames)
+    xy, scores = np.full((T, 17, 2), np.nan), np.zeros((T, 17))
+    for t, fr in enumerate(frames):
+        best = None
+        for i, inst in enumerate(fr["instances"] or []):
+            kp, s = _instance_keypoints(inst, f"{path}: frame {t} instance {i}")
+            if best is None or s.mean() > best[1].mean():
+                best = (kp, s)
+        if best is not None:
+            xy[t], scores[t] = best
+    w, h = meta.get("image_width"), meta.get("image_height")
+    return _finish(xy, scores, "coco", path, width=None if w is None else float(w),
+                   height=None if h is None else float(h))
+
+
+# ---------------------------------------------------------------- npy / csv
+def _read_npy(path, layout):
+    try:
+        a = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise KeypointError(f"{path}: not a plain numeric .npy array ({exc})") from None
+    xy, scores = _split_scores(a, path)
+    return _finish(xy, scores, layout or "h36m", path)
+
+
+def _read_csv(path, layout):
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows:
+        try:
+            float(rows[0][0])
+        except ValueError:
+            rows = rows[1:]  # header line
+    if not rows:
+        raise KeypointError(f"{path}: no data rows")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1 or widths.pop() not in (34, 51):
+        raise KeypointError(f"{path}: expected every row to have 34 (x, y per joint) or 51 (x, y, score) columns for "
+                            f"17 joints, got row lengths {sorted({len(r) for r in rows})}")
+    try:
+        a = np.array([[float(c) if c.strip() else np.nan for c in r] for r in rows])
+    except ValueError as exc:
+        raise KeypointError(f"{path}: non-numeric value ({exc})") from None
+    xy, scores = _split_scores(a.reshape(len(rows), 17, -1), path)
+    return _finish(xy, scores, layout or "h36m", path)
+
+
+def read_keypoints(path, *, format=None, layout=None, subject=None, action=None, camera=None):
+    """Read 2D keypoints from ``path`` (formats in the module docstring) -> ``Keypoints2D`` in Human3.6M order.
+
+    format: ``"npz" | "json" | "npy" | "csv"``, default from the extension. layout: ``"h36m"`` (default) or
+    ``"coco"`` for npy / csv / sample-npz files (JSON is always COCO; VideoPose3D files say so in metadata).
+    subject / action / camera: which sequence of a VideoPose3D file (needed when it holds more than one).
+    Raises ``KeypointError`` for an unreadable or malformed file, FileNotFoundError for a missing one."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"keypoint file {path!r}: no such file")
+    fmt = format or os.path.splitext(path)[1].lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise KeypointError(f"{path}: unknown keypoint format {fmt!r}; expected one of {FORMATS} (by extension, or "
+                            f"pass format=)")
+    if layout is not None and layout not in LAYOUTS:
+        raise KeypointError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    if fmt == "npz":
+        return _read_npz(path, layout, subject, action, camera)
+    if fmt == "json":
+        return _read_json(path)
+    return _read_npy(path, layout) if fmt == "npy" else _read_csv(path, layout)
+
+
+def interpolate_missing(xy, missing):
+    """Fill ``xy [T, J, 2]`` where ``missing [T, J]``: linear in time per joint and coordinate, holding the first
+    / last present value at the ends. Raises ``KeypointError`` if a joint is missing in every frame."""
+    xy = np.array(xy, dtype=np.float64)
+    t = np.arange(xy.shape[0])
+    for j in range(xy.shape[1]):
+        ok = ~missing[:, j]
+        if not ok.any():
+            raise KeypointError(f"joint {j} ({JOINT_NAMES[j]}) is missing in every frame; it cannot be interpolated")
+        if not ok.all():
+            for c in range(2):
+                xy[~ok, j, c] = np.interp(t[~ok], t[ok], xy[ok, j, c])  # np.interp holds the end values
+    return xy
+
+
+def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=None,
+                      score_threshold=DEFAULT_SCORE_THRESHOLD, interpolate=False):
+    """Validate, fill and normalise keypoints for the lifters: -> float32 ``[T, 17, 2]`` in the screen space of
+    SPEC.md §4 (``X / w * 2 - [1, h / w]``).
+
+    kp: a ``Keypoints2D`` (its scores / width / height / normalized are used unless overridden here) or an array
+        ``[T, 17, 2]`` (Human3.6M order) in pixels.
+    width, height: image size in pixels (both, positive); not needed when the keypoints are already normalised.
+    normalized: the keypoints are already normalised (no width / height); default: the Keypoints2D's flag, else
+        False.
+    score_threshold: keypoints scoring below it count as missing (ignored when there are no scores).
+    interpolate: fill missing keypoints (NaN or low score) linearly in time; otherwise they raise KeypointError.
+    """
+    if isinstance(kp, Keypoints2D):
+        xy, source = kp.xy, kp.source
+        scores = kp.scores if scores is None else scores
+        width = kp.width if width is None else width
+        height = kp.height if height is None else height
+        normalized = kp.normalized if normalized is None else normalized
+    else:
+        xy, source = kp, "keypoints"
+        if hasattr(xy, "detach"):  # a torch tensor
+            xy = xy.detach().cpu().numpy()
+        xy = np.asarray(xy)
+        if not np.issubdtype(xy.dtype, np.number):
+            raise KeypointError(f"keypoints: expected a numeric array, got dtype {xy.dtype}")
+        xy = xy.astype(np.float64)
+        _check_joint_shape(xy, "keypoints")
+    normalized = bool(normalized)
+    if np.isinf(xy).any():
+        raise KeypointError(f"{source}: infinite coordinates at (frame, joint) "
+                            f"{[tuple(map(int, i)) for i in np.argwhere(np.isinf(xy).any(-1))[:5]]}")
+    missing = np.isnan(xy).any(-1)
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != xy.shape[:2]:
+            raise KeypointError(f"scores: expected shape {list(xy.shape[:2])}, got {list(scores.shape)}")
+        missing |= ~(scores >= score_threshold)  # NaN scores count as missing too
+    if missing.any():
+        if not interpolate:
+            where = [(int(t), JOINT_NAMES[j]) for t, j in np.argwhere(missing)[:5]]
+            reason = "NaN or score below score_threshold=%g" % score_threshold if scores is not None else "NaN"
+            raise KeypointError(
+                f"{source}: {int(missing.sum())} missing keypoints ({reason}) in {int(missing.any(1).sum())} of "
+                f"{len(xy)} frames, first (frame, joint): {where}; pass interpolate=True (CLI: --interpolate) to "
+                f"fill them linearly in time")
+        xy = interpolate_missing(xy, missing)
+    if normalized:
+        if width is not None or height is not None:
+            pass  # the size is irrelevant for already-normalised keypoints
+        return xy.astype(np.float32)
+    if width is None or height is None:
+        raise KeypointError(f"{source}: pixel keypoints need the image size: pass width= and height= (CLI: --width "
+                            f"--height), or normalized=True if they are already screen-normalised")
+    if not (float(width) > 0 and float(height) > 0):
+        raise KeypointError(f"width/height: expected positive image size, got width={width}, height={height}")
+    return normalize_screen(xy, float(width), float(height)).astype(np.float32)
+
+
+def load_keypoints(path, *, width=None, height=None, normalized=None, score_threshold=DEFAULT_SCORE_THRESHOLD,
+                   interpolate=False, **read_options):
+    """``read_keypoints`` then ``prepare_keypoints``: returns ``(keypoints [T, 17, 2] float32 normalised,
+    Keypoints2D as read)``. ``read_options``: format, layout, subject, action, camera."""
+    kp = read_keypoints(path, **read_options)
+    return prepare_keypoints(kp, width=width, height=height, normalized=normalized,
+                             score_threshold=score_threshold, interpolate=interpolate), kp

@@ -1,0 +1,216 @@
+"""``pyengine::ln_linear``: grouped linear layers with a fused LayerNorm prologue and bias / GELU / residual
+epilogue -- the GEMM workhorse of the MHFormer and MixSTE blocks::
+
+    y[:, g*N:(g+1)*N] = act(LN_g(x[:, c_g:c_g+K]) @ weight[g].T + bias[g]) + residual[:, g*N:(g+1)*N]
+
+* :func:`ln_linear_ref`: plain PyTorch, the spec (``F.layer_norm`` -> ``F.linear`` -> ``F.gelu`` -> add, per group).
+* :func:`ln_linear`: validates every argument and runs ``backend`` ("reference" or "triton").
+* ``ln_linear_op``: the registered op (Triton kernel :mod:`pyengine.kernels.ln_linear`), with a fake impl and an
+  autograd formula. The backward is written out in plain PyTorch (:func:`ln_linear_backward`, fp32 math, fp64 for
+  fp64 inputs): it recomputes the normalised input and pre-activation from the saved inputs instead of saving
+  them, and is checked against finite differences by ``gradcheck``.
+
+See docs/ln_linear.md.
+"""
+import math
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..backends import BackendUnavailableError
+
+ACTIVATIONS = ("none", "gelu")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_BACKENDS = ("reference", "triton")
+
+
+def default_in_cols(K_x: int, G: int, K: int) -> List[int]:
+    """``[g*K]`` when x holds the G slices side by side, ``[0]*G`` when every group reads the same K columns."""
+    if K_x == G * K:
+        return [g * K for g in range(G)]
+    if K_x == K:
+        return [0] * G
+    raise ValueError(f"in_cols: x has {K_x} columns, which is neither G*K = {G}*{K} = {G * K} nor K = {K}; "
+                     f"pass in_cols (the column offset of each group's {K}-wide slice)")
+
+
+def ln_linear_ref(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, in_cols=None,
+                  activation="none", residual=None):
+    """The eager composition: per group ``F.layer_norm`` (if ``ln_weight``) -> ``F.linear`` -> ``F.gelu`` (if
+    ``activation == "gelu"``), concatenated over groups, then ``+ residual``."""
+    G, N, K = weight.shape
+    if in_cols is None:
+        in_cols = default_in_cols(x.shape[1], G, K)
+    outs = []
+    for g, c in enumerate(in_cols):
+        a = x[:, c:c + K]
+        if ln_weight is not None:
+            a = F.layer_norm(a, (K,), ln_weight[g], ln_bias[g], eps)
+        z = F.linear(a, weight[g], None if bias is None else bias[g])
+        if activation == "gelu":
+            z = F.gelu(z)
+        outs.append(z)
+    y = torch.cat(outs, dim=1)
+    return y if residual is None else y + residual
+
+
+def _shape(t):
+    return list(t.shape)
+
+
+def check_ln_linear_args(x, weight, bias, ln_weight, ln_bias, eps, in_cols, activation, residual) -> List[int]:
+    """Raise a clear ``TypeError`` / ``ValueError`` for a bad argument; return the effective ``in_cols``."""
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"x: expected a 2-D tensor [M, K_x], got shape {_shape(x)}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.shape[1] > 1 and x.stride(1) != 1:
+        raise ValueError(f"x: expected unit column stride (any row stride), got strides {list(x.stride())}")
+    if weight.dim() != 3:
+        raise ValueError(f"weight: expected a 3-D tensor [G, N, K] (per group nn.Linear [out, in]), "
+                         f"got shape {_shape(weight)}")
+    G, N, K = weight.shape
+    M = x.shape[0]
+    if G < 1 or K < 1:
+        raise ValueError(f"weight: expected G >= 1 groups and K >= 1 input features, got shape {_shape(weight)}")
+    if K > 1 and weight.stride(2) != 1:
+        raise ValueError(f"weight: expected unit stride along K, got strides {list(weight.stride())}")
+    expected = {"weight": None, "bias": [G, N], "ln_weight": [G, K], "ln_bias": [G, K], "residual": [M, G * N]}
+    for name, t in (("weight", weight), ("bias", bias), ("ln_weight", ln_weight), ("ln_bias", ln_bias),
+                    ("residual", residual)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
+        if expected[name] is not None and _shape(t) != expected[name]:
+            raise ValueError(f"{name}: expected shape {expected[name]}, got {_shape(t)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected device {x.device} (the device of x), got {t.device}")
+    if (ln_weight is None) != (ln_bias is None):
+        raise ValueError("ln_weight / ln_bias: pass both (LayerNorm prologue) or neither, got "
+                         f"ln_weight={'a tensor' if ln_weight is not None else None}, "
+                         f"ln_bias={'a tensor' if ln_bias is not None else None}")
+    if residual is not None and residual.shape[1] > 1 and residual.stride(1) != 1:
+        raise ValueError(f"residual: expected unit column stride (any row stride), got strides "
+                         f"{list(residual.stride())}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+    K_x = x.shape[1]
+    if in_cols is None:
+        return default_in_cols(K_x, G, K)
+    in_cols = list(in_cols)
+    if len(in_cols) != G:
+        raise ValueError(f"in_cols: expected {G} column offsets (one per group), got {len(in_cols)}")
+    for g, c in enumerate(in_cols):
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise TypeError(f"in_cols[{g}]: expected an int, got {type(c).__name__}")
+        if not 0 <= c <= K_x - K:
+            raise ValueError(f"in_cols[{g}]: expected an offset in [0, K_x - K] = [0, {K_x - K}] (x has {K_x} "
+                             f"columns, K = {K}), got {c}")
+    return in_cols
+
+
+@torch.library.custom_op("pyengine::ln_linear", mutates_args=())
+def ln_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                 ln_weight: Optional[torch.Tensor], ln_bias: Optional[torch.Tensor],
+                 residual: Optional[torch.Tensor], in_cols: List[int], eps: float, activation: str,
+                 allow_tf32: bool) -> torch.Tensor:
+    """Raw op (arguments already validated by :func:`ln_linear`): the Triton kernel. Returns ``[M, G*N]``."""
+    from pyengine.kernels.ln_linear import launch_ln_linear
+    return launch_ln_linear(x, weight, bias, ln_weight, ln_bias, residual, in_cols, eps, activation, allow_tf32)
+
+
+@ln_linear_op.register_fake
+def _(x, weight, bias, ln_weight, ln_bias, residual, in_cols, eps, activation, allow_tf32):
+    return x.new_empty((x.shape[0], weight.shape[0] * weight.shape[1]))
+
+
+def ln_linear_backward(grad, x, weight, bias, ln_weight, ln_bias, in_cols, eps, activation):
+    """Gradients ``(dx, dweight, dbias, dln_weight, dln_bias)`` of the op (``dresidual`` is ``grad`` itself), in
+    fp32 (fp64 for fp64 inputs), returned in the input dtype. Recomputes LN and the pre-activation per group."""
+    G, N, K = weight.shape
+    cd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    grad = grad.to(cd)
+    dx = torch.zeros(x.shape, dtype=cd, device=x.device)
+    dw, db, dlnw, dlnb = [], [], [], []
+    for g, c in enumerate(in_cols):
+        xs = x[:, c:c + K].to(cd)
+        if ln_weight is not None:
+            gamma = ln_weight[g].to(cd)
+            xc = xs - xs.mean(dim=1, keepdim=True)
+            rstd = torch.rsqrt(xc.pow(2).mean(dim=1, keepdim=True) + eps)
+            xhat = xc * rstd
+            a = xhat * gamma + ln_bias[g].to(cd)
+        else:
+            a = xs
+        w = weight[g].to(cd)
+        dz = grad[:, g * N:(g + 1) * N]
+        if activation == "gelu":  # d/dz [z * Phi(z)] = Phi(z) + z * phi(z)
+            z = a @ w.T
+            if bias is not None:
+                z = z + bias[g].to(cd)
+            dz = dz * (0.5 * (1.0 + torch.erf(z * 0.5 ** 0.5)) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi))
+        db.append(dz.sum(dim=0))
+        dw.append(dz.T @ a)
+        da = dz @ w
+        if ln_weight is not None:
+            dlnw.append((da * xhat).sum(dim=0))
+            dlnb.append(da.sum(dim=0))
+            dxhat = da * gamma
+            da = rstd * (dxhat - dxhat.mean(dim=1, keepdim=True) - xhat * (dxhat * xhat).mean(dim=1, keepdim=True))
+        dx[:, c:c + K] += da
+    dt = x.dtype
+    return (dx.to(dt), torch.stack(dw).to(dt), None if bias is None else torch.stack(db).to(dt),
+            None if ln_weight is None else torch.stack(dlnw).to(dt),
+            None if ln_weight is None else torch.stack(dlnb).to(dt))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, ln_weight, ln_bias, residual, in_cols, eps, activation, allow_tf32 = inputs
+    ctx.save_for_backward(x, weight, bias, ln_weight, ln_bias)
+    ctx.in_cols, ctx.eps, ctx.activation = list(in_cols), eps, activation
+    ctx.has_residual = residual is not None
+
+
+def _backward(ctx, grad):
+    x, weight, bias, ln_weight, ln_bias = ctx.saved_tensors
+    dx, dw, db, dlnw, dlnb = ln_linear_backward(grad, x, weight, bias, ln_weight, ln_bias, ctx.in_cols, ctx.eps,
+                                                ctx.activation)
+    dres = grad if ctx.has_residual else None
+    return dx, dw, db, dlnw, dlnb, dres, None, None, None, None
+
+
+ln_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def ln_linear(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, in_cols=None, activation="none",
+              residual=None, allow_tf32=False, backend="triton"):
+    """``[M, G*N]`` in x's dtype: group g's columns are
+    ``act(LN_g(x[:, c_g:c_g+K]) @ weight[g].T + bias[g]) + residual[:, g*N:(g+1)*N]``.
+
+    x ``[M, K_x]`` (unit column stride, any row stride), weight ``[G, N, K]``, bias ``[G, N]``, ln_weight / ln_bias
+    ``[G, K]`` (both or neither), residual ``[M, G*N]`` (unit column stride), in_cols G column offsets (default
+    ``[g*K]`` if ``K_x == G*K``, ``[0]*G`` if ``K_x == K``), activation "none" or "gelu" (exact erf GELU).
+    fp32 / fp16 / bf16 (fp64 on the reference, and on Triton under the interpreter), fp32 accumulation and LN
+    statistics; fp32 products are exact-fp32 ("ieee") unless ``allow_tf32``. ``backend``: "reference" (eager
+    PyTorch) or "triton"."""
+    if backend not in _BACKENDS:
+        raise BackendUnavailableError(f"ln_linear: backend={backend!r} is not available (available: "
+                                      f"{', '.join(repr(b) for b in _BACKENDS)})")
+    in_cols = check_ln_linear_args(x, weight, bias, ln_weight, ln_bias, eps, in_cols, activation, residual)
+    if backend == "reference":
+        return ln_linear_ref(x, weight, bias, ln_weight=ln_weight, ln_bias=ln_bias, eps=eps, in_cols=in_cols,
+                             activation=activation, residual=residual)
+    return ln_linear_op(x, weight, bias, ln_weight, ln_bias, residual, in_cols, float(eps), activation,
+                        bool(allow_tf32))
+
+
+__all__ = ["ln_linear", "ln_linear_ref", "ln_linear_op", "ln_linear_backward", "check_ln_linear_args"]

@@ -1,0 +1,98 @@
+"""Animated pictures of a lifting result: the 2D input skeleton beside the 3D output (Human3.6M bones).
+
+matplotlib's Agg canvas (no display needed, pyplot's global state untouched). ``.gif`` is written with pillow;
+``.mp4`` needs ``ffmpeg`` on the PATH and raises ``RenderError`` saying so when it is missing.
+"""
+import os
+
+import numpy as np
+
+from .data.synth import LEFT_JOINTS, PARENTS, RIGHT_JOINTS
+
+FORMATS = (".gif", ".mp4")
+
+
+class RenderError(RuntimeError):
+    """The picture cannot be written (unknown format, missing ffmpeg, bad arrays)."""
+
+
+def _colour(j):
+    return "tab:blue" if j in LEFT_JOINTS else "tab:red" if j in RIGHT_JOINTS else "0.2"
+
+
+def check_output(path):
+    """Raise ``RenderError`` now if ``path`` cannot be written later (format, ffmpeg for .mp4)."""
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext not in FORMATS:
+        raise RenderError(f"render: path {str(path)!r}: expected a .gif or .mp4 file name")
+    if ext == ".mp4":
+        from matplotlib import animation
+        if not animation.writers.is_available("ffmpeg"):
+            raise RenderError("render: writing .mp4 needs ffmpeg on the PATH, which was not found; install ffmpeg "
+                              "or write a .gif instead")
+    return ext
+
+
+def render(path, keypoints_2d, positions_3d, *, fps=25, every=1, dpi=80, title=None):
+    """Write an animation of ``keypoints_2d [T, 17, 2]`` (any 2D units, image y pointing down) beside
+    ``positions_3d [T, 17, 3]`` (camera frame: x right, y down, z forward) to ``path`` (``.gif`` or ``.mp4``).
+
+    every: draw only every ``every``-th frame (smaller, faster files); drawn frames are shown at ``fps`` per
+    second. Left joints are blue, right joints red. Returns ``path``."""
+    ext = check_output(path)
+    kp = np.asarray(keypoints_2d, dtype=np.float64)
+    pos = np.asarray(positions_3d, dtype=np.float64)
+    if kp.ndim != 3 or kp.shape[1:] != (17, 2) or pos.ndim != 3 or pos.shape[1:] != (17, 3) or len(kp) != len(pos):
+        raise RenderError(f"render: expected keypoints_2d [T, 17, 2] and positions_3d [T, 17, 3] with the same T, "
+                          f"got {list(kp.shape)} and {list(pos.shape)}")
+    if len(kp) == 0 or not (np.isfinite(kp).all() and np.isfinite(pos).all()):
+        raise RenderError("render: the sequence is empty or has NaN/inf values")
+    if not (isinstance(every, int) and every >= 1 and fps > 0):
+        raise RenderError(f"render: expected every >= 1 (int) and fps > 0, got every={every!r}, fps={fps!r}")
+
+    # A Figure with an Agg canvas, not pyplot: the user's matplotlib backend and figure list stay untouched.
+    from matplotlib import animation
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    frames = list(range(0, len(kp), every))
+    # 3D plot axes: x right, depth (camera z) into the picture, up = -y (the camera's y points down).
+    pts = np.stack([pos[..., 0], pos[..., 2], -pos[..., 1]], axis=-1)
+    bones = [(j, p) for j, p in enumerate(PARENTS) if p >= 0]
+
+    fig = Figure(figsize=(8, 4), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax2 = fig.add_subplot(1, 2, 1)
+    ax3 = fig.add_subplot(1, 2, 2, projection="3d")
+    lo, hi = kp.reshape(-1, 2).min(0), kp.reshape(-1, 2).max(0)
+    pad = 0.05 * max(hi - lo) + 1e-6
+    ax2.set_xlim(lo[0] - pad, hi[0] + pad)
+    ax2.set_ylim(hi[1] + pad, lo[1] - pad)  # image y grows downwards
+    ax2.set_aspect("equal")
+    ax2.set_title("2D input")
+    centre = pts.reshape(-1, 3).mean(0)
+    radius = 0.55 * max(np.ptp(pts.reshape(-1, 3), axis=0).max(), 1e-6)
+    for set_lim, c in zip((ax3.set_xlim, ax3.set_ylim, ax3.set_zlim), centre):
+        set_lim(c - radius, c + radius)
+    ax3.set_xlabel("x")
+    ax3.set_ylabel("depth")
+    ax3.set_zlabel("up")
+    ax3.set_title("3D output")
+    if title:
+        fig.suptitle(title)
+    lines2 = [ax2.plot([], [], color=_colour(j), lw=2)[0] for j, _ in bones]
+    lines3 = [ax3.plot([], [], [], color=_colour(j), lw=2)[0] for j, _ in bones]
+    label = fig.text(0.01, 0.01, "", fontsize=8)
+
+    def draw(t):
+        for line, (j, p) in zip(lines2, bones):
+            line.set_data(kp[t, [j, p], 0], kp[t, [j, p], 1])
+        for line, (j, p) in zip(lines3, bones):
+            line.set_data_3d(pts[t, [j, p], 0], pts[t, [j, p], 1], pts[t, [j, p], 2])
+        label.set_text(f"frame {t}")
+        return lines2 + lines3 + [label]
+
+    anim = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
+    writer = animation.PillowWriter(fps=fps) if ext == ".gif" else animation.FFMpegWriter(fps=fps)
+    anim.save(str(path), writer=writer, dpi=dpi)
+    return path

@@ -1,0 +1,190 @@
+"""The engine: every architecture through backend="triton" (interpreter), "cpp" and "auto" matches
+backend="reference"; report() is complete; impossible backends raise; swap + revert; third-party copies of the
+published code are recognised; validate=True; gradients of the drop-in modules."""
+import pytest
+import torch
+
+import pyengine
+from pyengine import dispatch, engine
+from pyengine.models import CHIBlock, MHFormer, SHRBlock
+from pyengine.nn._common import Fused
+from pyengine.testing import randomize_, rel_error
+
+from thirdparty_models import ThirdPartyMHFormer, ThirdPartyMixSTE
+
+SMALL = {
+    "mhformer": dict(frames=27, channel=32, d_hid=48, layers=3),
+    "mhformer81": dict(frames=81, channel=16, d_hid=32, layers=2),
+    "tpc_mhformer": dict(frames=27, channel=32, d_hid=48, layers=3, token_num=9, layer_index=1),
+    "mixste": dict(frames=9, channel=32, depth=2, heads=4),
+    "tpc_mixste": dict(frames=9, channel=32, depth=3, heads=4, token_num=3, layer_index=2),
+    "hot_mixste": dict(frames=9, channel=32, depth=3, heads=4, token_num=5, layer_index=1),
+}
+
+
+def build(name):
+    arch = name.rstrip("0123456789") if name.startswith("mhformer") else name
+    return arch, randomize_(pyengine.arch.MODELS[arch](**SMALL[name]), seed=1).eval()
+
+
+def call(model, arch, x, index=None):
+    kw = {} if index is None else {"index": index}
+    if arch == "hot_mixste":
+        kw["return_index"] = True
+    out = model(x, **kw)
+    return out if isinstance(out, tuple) else (out, None)
+
+
+def poses(model_cfg, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, model_cfg["frames"], 17, 2, generator=g) * 0.3
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_every_architecture_matches_the_reference(name, backend):
+    arch, ref = build(name)
+    x = poses(SMALL[name])
+    fast = pyengine.load(ref, backend=backend, device="cpu")
+    assert type(fast) is engine.FUSED[arch]
+    with torch.no_grad():
+        want, idx = call(ref.double(), arch, x.double())
+        base, _ = call(ref.float(), arch, x, idx)
+        got, got_idx = call(fast, arch, x)
+    if idx is not None:  # same token selection (well-separated random features)
+        assert torch.equal(got_idx, idx)
+    tol = max(1e-5, 2 * rel_error(base, want))
+    assert rel_error(got, want) <= tol, (rel_error(got, want), tol)
+
+
+def test_half_precision_through_triton():
+    arch, ref = build("mhformer81")
+    x = poses(SMALL["mhformer81"], B=2)
+    fast = pyengine.load(ref, backend="triton", device="cpu", dtype=torch.float16)
+    with torch.no_grad():
+        want, _ = call(ref.double(), arch, x.double())
+        base, _ = call(pyengine.load(ref, backend="reference", dtype=torch.float16), arch, x)
+        got, _ = call(fast, arch, x)
+    assert got.dtype == torch.float32  # outputs follow the input dtype
+    assert rel_error(got, want) <= max(2e-2, 2 * rel_error(base, want))
+
+
+def test_auto_on_cpu_is_the_cpp_table_and_report_is_complete():
+    arch, ref = build("tpc_mhformer")
+    model = pyengine.load(ref, device="cpu")
+    rows = model.report()
+    text = str(rows)
+    fused = [n for n, m in model.named_modules() if isinstance(m, Fused)]
+    for name in fused:  # every fused module has a row
+        assert any(r.module == (name or "(model)") for r in rows), name
+    for op, impl in dispatch.TABLE["cpp"].items():
+        assert f"{op}={impl}" in text
+    assert "auto on CPU" in text and "torch glue" in text
+    # A reference model says why it is the reference.
+    plain = pyengine.load(ref, backend="reference")
+    assert "backend='reference' requested" in str(plain.report())
+
+
+def test_impossible_backends_raise(monkeypatch):
+    _, ref = build("mixste")
+    with pytest.raises(pyengine.BackendUnavailableError, match="backend='cuda' runs on CUDA tensors"):
+        pyengine.load(ref, backend="cuda", device="cpu")
+    monkeypatch.setattr(dispatch, "interpreting", lambda: False)
+    with pytest.raises(pyengine.BackendUnavailableError, match="backend='triton' needs CUDA tensors"):
+        pyengine.load(ref, backend="triton", device="cpu")
+    with pytest.raises(ValueError, match="backend: expected one of"):
+        pyengine.load(ref, backend="tensorrt")
+    sd = randomize_(pyengine.models.HSUSA(8)).state_dict()
+    with pytest.raises(pyengine.BackendUnavailableError, match="no fused implementation"):
+        pyengine.load(sd, backend="cpp")
+    assert "has no fused kernels" in str(pyengine.load(sd).report())
+
+
+def test_fused_state_dict_keeps_the_published_format():
+    arch, ref = build("hot_mixste")
+    fast = pyengine.load(ref, backend="cpp")
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    assert all(torch.equal(fast.state_dict()[k], v) for k, v in ref.state_dict().items())
+
+
+def test_third_party_copies_are_recognised_by_load():
+    for tp, cfg, arch in [(ThirdPartyMHFormer(frames=81, channel=32, d_hid=48), dict(frames=81), "mhformer"),
+                          (ThirdPartyMixSTE(frames=9, channel=32, depth=2), dict(frames=9), "mixste")]:
+        tp = randomize_(tp, seed=2).eval()
+        x = poses(cfg, B=2)
+        fast = pyengine.load(tp, backend="cpp")
+        assert fast.pyengine.arch == arch
+        with torch.no_grad():
+            want = tp.double()(x.double())
+            base = tp.float()(x)
+            got = fast(x)
+        assert rel_error(got, want) <= max(1e-5, 2 * rel_error(base, want))
+
+
+@pytest.mark.parametrize("make", [lambda: ThirdPartyMHFormer(frames=81, channel=32, d_hid=48),
+                                  lambda: randomize_(MHFormer(frames=81, channel=32, d_hid=48), seed=3),
+                                  lambda: ThirdPartyMixSTE(frames=9, channel=32, depth=2)],
+                         ids=["thirdparty_mhformer", "pyengine_mhformer", "thirdparty_mixste"])
+def test_swap_and_revert(make):
+    model = randomize_(make(), seed=3).eval()
+    x = poses(dict(frames=81 if hasattr(model, "Transformer_hypothesis") else 9), B=2)
+    with torch.no_grad():
+        before = model(x)
+        want = model.double()(x.double())
+        model.float()
+    params = {n: p for n, p in model.named_parameters()}
+    swapped = pyengine.swap(model, backend="cpp")
+    assert swapped, "nothing recognised"
+    kinds = {type(model.get_submodule(n)).__name__ for n in swapped}
+    assert kinds <= {"SHRBlock", "CHIBlock", "MHGEncoder", "Block", "CrossAttention"}
+    # the very same Parameter objects, so training the swapped model trains the user's model
+    assert all(p is params[n] for n, p in model.named_parameters())
+    with torch.no_grad():
+        during = model(x)
+    assert rel_error(during, want) <= max(1e-5, 2 * rel_error(before, want))
+    restored = pyengine.revert(model)
+    assert sorted(restored) == sorted(swapped)
+    assert not any(isinstance(m, Fused) for m in model.modules())
+    with torch.no_grad():
+        assert torch.equal(model(x), before)  # bit for bit
+
+
+def test_swap_reports_missing_head_count():
+    blk = randomize_(SHRBlock(16, 4, 32))
+    del blk.attn_1.num_heads
+    with pytest.raises(ValueError, match="num_heads"):
+        pyengine.swap(torch.nn.Sequential(blk), backend="cpp")
+
+
+def test_validate_passes_and_catches_a_wrong_kernel(monkeypatch):
+    arch, ref = build("mixste")
+    x = poses(SMALL["mixste"], B=2)
+    model = pyengine.load(ref, backend="cpp", validate=True)
+    with torch.no_grad():
+        model(x)
+    assert model.pyengine.validation["deviation"] <= model.pyengine.validation["tolerance"]
+    broken = pyengine.load(ref, backend="cpp", validate=True)
+    real = dispatch.sdpa_attention
+    monkeypatch.setattr(dispatch, "sdpa_attention", lambda q, k, v: real(q, k, v) * 1.001)
+    with pytest.raises(pyengine.ValidationError, match="deviates from the fp64 eager reference"), torch.no_grad():
+        broken(x)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_drop_in_blocks_train_like_the_reference(backend):
+    """Gradients of the fused SHR / CHI blocks equal the reference's (fp64, small shapes)."""
+    from pyengine import nn as pnn
+    for R, Fu in [(SHRBlock, pnn.mhformer.SHRBlock), (CHIBlock, pnn.mhformer.CHIBlock)]:
+        ref = randomize_(R(16, 4, 24), seed=4).double()
+        fast = Fu(16, 4, 24).double()
+        fast.load_state_dict(ref.state_dict())
+        fast.set_backend(backend)
+        xs = [torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+        ys_ref = ref(*xs)
+        g_ref = torch.autograd.grad(sum((y * (i + 1)).sum() for i, y in enumerate(ys_ref)),
+                                    [*xs, *ref.parameters()])
+        ys = fast(*xs)
+        g = torch.autograd.grad(sum((y * (i + 1)).sum() for i, y in enumerate(ys)), [*xs, *fast.parameters()])
+        # (one flat comparison: some gradients are exactly zero in exact arithmetic, e.g. the key bias's)
+        assert len(g) == len(g_ref)
+        assert rel_error(torch.cat([a.flatten() for a in g]), torch.cat([b.flatten() for b in g_ref])) <= 1e-10
