@@ -130,7 +130,7 @@ bench_stage() {
   export PYENGINE_BENCH_PARTIAL=$OUT/$name.jsonl
   rm -f "$PYENGINE_BENCH_PARTIAL"
   [[ -n "${BENCH_K:-}" ]] && expr="($expr) and ($BENCH_K)"
-  run "$name" "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_peaks.py benchmarks -k "$expr" \
+  run "$name" "$BUDGET" "$PY" -m pytest -q -p no:cacheprovider benchmarks/test_bench_peaks.py benchmarks -k "$expr" \
     --benchmark-json="$OUT/$name.json" -rs || rc=$?
   local sources=("$OUT/$name.json")
   [[ -s "$OUT/$name.json" ]] || sources=("$OUT/$name.jsonl")  # killed before pytest wrote its JSON

@@ -6,7 +6,7 @@ Several files are merged (e.g. the stages of benchmarks/gpu_suite.sh); a ``.json
 that benchmarks/conftest.py appends to as it goes (PYENGINE_BENCH_PARTIAL), read when a stage did not finish.
 Derived columns (docs/benchmarks.md) come from each row's ``extra_info``: windows/s and frames/s, speedup over
 the eager row of the same dtype and over the best torch.compile row, TFLOP/s and GB/s, and their fraction of
-the peaks measured in the same run (rows with ``extra_info["impl"] == "peak"``, benchmarks/test_peaks.py)."""
+the peaks measured in the same run (rows with ``extra_info["impl"] == "peak"``, benchmarks/test_bench_peaks.py)."""
 import argparse
 import json
 import os

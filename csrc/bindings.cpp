@@ -4,9 +4,41 @@
 
 torch::Tensor tpc_select_cpu(const torch::Tensor& x, int64_t keep, int64_t k, int64_t center, bool index_ties,
                              const c10::optional<torch::Tensor>& noise);
+#ifdef PYENGINE_WITH_CUDA
+// csrc/tpc_select_cuda_glue.cpp + csrc/tpc_select_cuda.cu
+torch::Tensor tpc_select_cuda(const torch::Tensor& x, int64_t keep, int64_t k, int64_t center, bool index_ties,
+                              const c10::optional<torch::Tensor>& noise);
+#endif
+
+// SUSA (csrc/susa_cpu.cpp; CUDA: csrc/susa_cuda_glue.cpp + csrc/susa_cuda.cu). Writes out[:, out_index[c]].
+void susa_cpu(const torch::Tensor& x, const torch::Tensor& group_weight, const torch::Tensor& mean_w,
+              const torch::Tensor& mean_b, const torch::Tensor& conv_w, const torch::Tensor& conv_b,
+              const c10::optional<torch::Tensor>& ln_w, const c10::optional<torch::Tensor>& ln_b, bool h_wise,
+              torch::Tensor& out, const torch::Tensor& out_index);
+#ifdef PYENGINE_WITH_CUDA
+void susa_cuda(const torch::Tensor& x, const torch::Tensor& group_weight, const torch::Tensor& mean_w,
+               const torch::Tensor& mean_b, const torch::Tensor& conv_w, const torch::Tensor& conv_b,
+               const c10::optional<torch::Tensor>& ln_w, const c10::optional<torch::Tensor>& ln_b, bool h_wise,
+               torch::Tensor& out, const torch::Tensor& out_index);
+#endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("tpc_select_cpu", &tpc_select_cpu, "DPC-kNN token selection on the CPU (OpenMP)", pybind11::arg("x"),
         pybind11::arg("keep"), pybind11::arg("k"), pybind11::arg("center"), pybind11::arg("index_ties"),
         pybind11::arg("noise") = pybind11::none());
+#ifdef PYENGINE_WITH_CUDA
+  m.def("tpc_select_cuda", &tpc_select_cuda, "DPC-kNN token selection on CUDA", pybind11::arg("x"),
+        pybind11::arg("keep"), pybind11::arg("k"), pybind11::arg("center"), pybind11::arg("index_ties"),
+        pybind11::arg("noise") = pybind11::none());
+#endif
+  m.def("susa_cpu", &susa_cpu, "Fused SUSA on the CPU (OpenMP), writes out[:, out_index]", pybind11::arg("x"),
+        pybind11::arg("group_weight"), pybind11::arg("mean_w"), pybind11::arg("mean_b"), pybind11::arg("conv_w"),
+        pybind11::arg("conv_b"), pybind11::arg("ln_w"), pybind11::arg("ln_b"), pybind11::arg("h_wise"),
+        pybind11::arg("out"), pybind11::arg("out_index"));
+#ifdef PYENGINE_WITH_CUDA
+  m.def("susa_cuda", &susa_cuda, "Fused SUSA on CUDA, writes out[:, out_index]", pybind11::arg("x"),
+        pybind11::arg("group_weight"), pybind11::arg("mean_w"), pybind11::arg("mean_b"), pybind11::arg("conv_w"),
+        pybind11::arg("conv_b"), pybind11::arg("ln_w"), pybind11::arg("ln_b"), pybind11::arg("h_wise"),
+        pybind11::arg("out"), pybind11::arg("out_index"));
+#endif
 }

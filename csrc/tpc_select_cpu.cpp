@@ -43,6 +43,33 @@ inline double squared_distance_impl(const scalar_t* a, const scalar_t* b, int64_
   return acc;
 }
 
+// The same sums for the four pairs (a, b), (a, b + C), (a, b + 2C), (a, b + 3C) at once: every pair's operations and
+// their order are exactly those of squared_distance_impl (so the results are identical), but each loaded element
+// of a serves four pairs and the four lane vectors keep the vector units busy.
+template <typename scalar_t>
+inline void squared_distance4_impl(const scalar_t* a, const scalar_t* b, int64_t C, double* out) {
+  scalar_t lane[4][kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const scalar_t ai = a[c + l];
+      for (int64_t p = 0; p < 4; ++p) {
+        const scalar_t d = ai - b[p * C + c + l];
+        lane[p][l] += d * d;
+      }
+    }
+  }
+  for (int64_t p = 0; p < 4; ++p) {
+    double acc = 0.0;
+    for (int64_t t = c; t < C; ++t) {
+      const double d = static_cast<double>(a[t]) - static_cast<double>(b[p * C + t]);
+      acc += d * d;
+    }
+    for (int64_t l = 0; l < kLanes; ++l) acc += static_cast<double>(lane[p][l]);
+    out[p] = acc;
+  }
+}
+
 #define PYENGINE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 PYENGINE_CLONES double squared_distance(const float* a, const float* b, int64_t C) {
@@ -53,6 +80,14 @@ PYENGINE_CLONES double squared_distance(const double* a, const double* b, int64_
   return squared_distance_impl(a, b, C);
 }
 
+PYENGINE_CLONES void squared_distance4(const float* a, const float* b, int64_t C, double* out) {
+  squared_distance4_impl(a, b, C, out);
+}
+
+PYENGINE_CLONES void squared_distance4(const double* a, const double* b, int64_t C, double* out) {
+  squared_distance4_impl(a, b, C, out);
+}
+
 template <typename scalar_t>
 void select_one(const scalar_t* x, int64_t N, int64_t C, int64_t keep, int64_t k, int64_t center, bool index_ties,
                 const scalar_t* noise, int64_t* out) {
@@ -61,7 +96,17 @@ void select_one(const scalar_t* x, int64_t N, int64_t C, int64_t keep, int64_t k
   for (int64_t i = 0; i < N; ++i) {
     D[i * N + i] = scalar_t(0);
     const scalar_t* xi = x + i * C;
-    for (int64_t j = i + 1; j < N; ++j) {
+    int64_t j = i + 1;
+    for (; j + 4 <= N; j += 4) {  // four pairs per call (rows j .. j + 3 are contiguous)
+      double acc[4];
+      squared_distance4(xi, x + j * C, C, acc);
+      for (int64_t p = 0; p < 4; ++p) {
+        const scalar_t dij = static_cast<scalar_t>(std::sqrt(acc[p]) * inv_sqrt_c);
+        D[i * N + j + p] = dij;
+        D[(j + p) * N + i] = dij;
+      }
+    }
+    for (; j < N; ++j) {
       const double acc = squared_distance(xi, x + j * C, C);
       const scalar_t dij = static_cast<scalar_t>(std::sqrt(acc) * inv_sqrt_c);
       D[i * N + j] = dij;
@@ -72,12 +117,13 @@ void select_one(const scalar_t* x, int64_t N, int64_t C, int64_t keep, int64_t k
   scalar_t dist_max = scalar_t(0);
   for (int64_t i = 0; i < N; ++i) {
     std::copy(D.begin() + i * N, D.begin() + (i + 1) * N, row.begin());
+    // The row maximum before the partial sort: after it, row[k..N) is in unspecified order.
+    dist_max = std::max(dist_max, *std::max_element(row.begin(), row.end()));
     std::partial_sort(row.begin(), row.begin() + k, row.end());
     double mean_sq = 0.0;
     for (int64_t t = 0; t < k; ++t) mean_sq += static_cast<double>(row[t]) * static_cast<double>(row[t]);
     rho[i] = static_cast<scalar_t>(std::exp(-mean_sq / static_cast<double>(k)));
     if (noise != nullptr) rho[i] = rho[i] + noise[i];
-    dist_max = std::max(dist_max, row[N - 1]);
   }
   std::vector<double> score(N);
   for (int64_t i = 0; i < N; ++i) {

@@ -12,13 +12,35 @@ from .models import mhformer as ref_mhformer
 from .nn import layers as fused_layers
 from .nn import mhformer as fused_mhformer
 from .nn import mixste as fused_mixste
+from .nn import susa as fused_susa
+from .models import susa as ref_susa
 from .nn._common import Fused
 
-# Architectures with a fused implementation (the SUSA family joins when its drop-in modules land).
+# Architectures with a fused implementation.
 FUSED = {
     "mhformer": fused_mhformer.MHFormer, "tpc_mhformer": fused_mhformer.TPCMHFormer,
     "mixste": fused_mixste.MixSTE, "tpc_mixste": fused_mixste.TPCMixSTE, "hot_mixste": fused_mixste.HoTMixSTE,
+    "hsusa": fused_susa.HSUSA, "wsusa": fused_susa.WSUSA, "hwsusa": fused_susa.HWSUSA,
+    "sx_shuffle_unit": fused_susa.SXShuffleUnit, "px_shuffle_unit": fused_susa.PXShuffleUnit,
 }
+# SUSA drop-ins carry their own ``backend`` (resolved per call: "auto" is cpp on CPU, triton on CUDA).
+SUSA_DROP_INS = {ref_susa.HSUSA: fused_susa.HSUSA, ref_susa.WSUSA: fused_susa.WSUSA,
+                 ref_susa.HWSUSA: fused_susa.HWSUSA, ref_susa.SXShuffleUnit: fused_susa.SXShuffleUnit,
+                 ref_susa.PXShuffleUnit: fused_susa.PXShuffleUnit}
+SUSA_WHAT = {"HSUSA": "H-wise SUSA, one fused op", "WSUSA": "W-wise SUSA, one fused op",
+             "HWSUSA": "HW-SUSA: both halves written to their shuffled channels, no copies",
+             "SXShuffleUnit": "W-SUSA -> dwconv+BN (folded, ATen conv2d) -> H-SUSA into shuffled channels",
+             "PXShuffleUnit": "HW-SUSA -> dwconv+BN (folded, ATen conv2d) -> HW-SUSA into shuffled channels"}
+
+
+def set_backend(model, backend, allow_tf32=False):
+    """Set the backend of every fused module in ``model`` (Fused modules and SUSA drop-ins)."""
+    if isinstance(model, Fused):
+        model.set_backend(backend, allow_tf32)
+    for m in model.modules():
+        if type(m) in SUSA_DROP_INS.values():
+            m.backend = backend
+    return model
 
 # Which ops each fused module runs (for report()).
 USES = {
@@ -76,6 +98,13 @@ def report(model) -> Report:
     info = getattr(model, "pyengine", None)
     device = _device_of(model)
     fused = [(n, m) for n, m in model.named_modules() if isinstance(m, Fused)]
+    susa = [(n, m) for n, m in model.named_modules() if type(m) in SUSA_DROP_INS.values()]
+    for name, m in susa:
+        impl = m.backend if m.backend != "auto" else ("triton" if device.type == "cuda" else "cpp")
+        why = dispatch.WHY[impl] + ("; auto" if m.backend == "auto" else "")
+        rows.append(ReportRow(name or "(model)", SUSA_WHAT[type(m).__name__], f"susa={impl}", why))
+    if susa and not fused:
+        return rows
     if not fused:
         why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
         rows.append(ReportRow("(whole model)", type(model).__name__, "reference", why))
@@ -145,8 +174,10 @@ def _candidates(module):
 
 def _recognise(module):
     """A fused module with exactly ``module``'s parameter names and shapes, or None."""
-    if isinstance(module, Fused):
+    if isinstance(module, Fused) or type(module) in SUSA_DROP_INS.values():
         return None
+    if type(module) in SUSA_DROP_INS:  # pyengine's SUSA references: the drop-in shares their parameters
+        return SUSA_DROP_INS[type(module)].from_reference(module)
     sd = module.state_dict()
     for build in _candidates(module):
         new = build()
@@ -170,7 +201,7 @@ def swap(module: nn.Module, backend: str = "auto", allow_tf32: bool = False) -> 
             if new is None:
                 visit(child, f"{prefix}{name}.")
                 continue
-            new.set_backend(backend, allow_tf32)
+            set_backend(new, backend, allow_tf32)
             new.train(child.training)
             parent.__dict__.setdefault("_pyengine_swapped", {})[name] = child
             parent._modules[name] = new

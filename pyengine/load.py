@@ -143,7 +143,7 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
     model.load_state_dict(ckpt.state_dict, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
     if cls is not archs.MODELS[arch]:
-        model.set_backend(backend, allow_tf32)
+        engine.set_backend(model, backend, allow_tf32)
     model.pyengine = LoadInfo(arch, kwargs, reason, backend, ckpt.format, ckpt.source, ckpt.notes, why)
     if not hasattr(model, "report"):
         model.report = lambda: engine.report(model)

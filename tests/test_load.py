@@ -12,7 +12,7 @@ import pyengine
 from pyengine import BackendUnavailableError, CheckpointError
 from pyengine.models import (HSUSA, HWSUSA, WSUSA, HoTMixSTE, MHFormer, MixSTE, PXShuffleUnit, SXShuffleUnit,
                              TPCMHFormer, TPCMixSTE)
-from pyengine.testing import randomize_
+from pyengine.testing import randomize_, rel_error
 
 
 def poses(B, F, seed=0):
@@ -28,11 +28,18 @@ def small_mixste(seed=0, cls=MixSTE, **kw):
 
 
 def assert_same_outputs(a, b, x, **kw):
+    """``b`` (loaded) holds exactly ``a``'s weights and computes its outputs: bit for bit on the reference
+    backend; on a fused backend (the default, "auto") within fp32 rounding of the different kernel order."""
+    from pyengine.nn._common import Fused
+    from pyengine.testing import rel_error
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k].to(sa[k].dtype)) for k in sa)
     with torch.no_grad():
         ya, yb = a(x, **kw), b(x, **kw)
     ya = ya[0] if isinstance(ya, tuple) else ya
     yb = yb[0] if isinstance(yb, tuple) else yb
-    assert torch.equal(ya, yb)
+    fused = any(isinstance(m, Fused) or type(m).__module__ == "pyengine.nn.susa" for m in b.modules())
+    assert rel_error(yb, ya) <= 1e-5 if fused else torch.equal(ya, yb)
 
 
 # ---------------------------------------------------------------- formats
@@ -214,8 +221,8 @@ def test_tpc_variants_need_arch_or_tpc_config():
     assert "TPC variant because the config sets ['token_num']" in by_config.pyengine.reason
     x = poses(2, 27)
     out, index = model(x)
-    out2, index2 = by_arch(x)
-    assert torch.equal(index, index2) and torch.equal(out, out2)
+    out2, index2 = by_arch(x)  # the fused model (auto): same selection, outputs within fp32 rounding
+    assert torch.equal(index, index2) and rel_error(out2, out) <= 1e-5
     tpc_mixste = pyengine.load(small_mixste().state_dict(), arch="tpc_mixste", token_num=9, layer_index=2)
     assert isinstance(tpc_mixste, TPCMixSTE) and tpc_mixste.layer_index == 2
 

@@ -145,7 +145,8 @@ class MHFormer(Fused, ref.MHFormer):
         writing the ``[B*F, 3C]`` hypothesis buffer."""
         T = x1.shape[0] // B
         E = torch.stack([x1.view(B, T, F), x2.view(B, T, F), x3.view(B, T, F)], dim=1)  # [B, 3, 34, F]
-        E = E.permute(0, 3, 1, 2).reshape(B * F, 3 * T)  # rows (b, f); group k's 34 inputs at cols [34k, ...)
+        # rows (b, f); hypothesis k's 34 inputs at columns [34k, 34k + 34)
+        E = E.permute(0, 3, 1, 2).contiguous().view(B * F, 3 * T)
         embs = (self.embedding_1, self.embedding_2, self.embedding_3)
         if self.frames <= 27:  # Sequential(conv, BN, ReLU, Dropout)
             if self.training:
@@ -184,7 +185,7 @@ class MHFormer(Fused, ref.MHFormer):
         if index is not None:
             check_index(index, B, self.token_num, self.frames)
         ops = self.ops_for(x)
-        x0 = x.to(self.norm_1.weight.dtype).reshape(B, F, 2 * J).transpose(1, 2).reshape(B * 2 * J, F)
+        x0 = x.to(self.norm_1.weight.dtype).reshape(B, F, 2 * J).transpose(1, 2).contiguous().view(B * 2 * J, F)
         x1 = self.Transformer_encoder_1.encode_residual(x0, self.norm_1)
         x2 = self.Transformer_encoder_2.encode_residual(x1, self.norm_2)
         x3 = self.Transformer_encoder_3.encode_residual(x2, self.norm_3)

@@ -50,7 +50,7 @@ class MixSTE(Fused, ref.MixSTE):
             check_index(index, B, self.token_num, self.frames)
         ops = self.ops_for(x)
         emb = self.Spatial_patch_to_embedding
-        X = ops.ln_linear(x.to(self.Spatial_pos_embed.dtype).reshape(B * F * J, 2), emb.weight[None],
+        X = ops.ln_linear(x.to(self.Spatial_pos_embed.dtype).contiguous().view(B * F * J, 2), emb.weight[None],
                           emb.bias[None])
         X = (X.view(B * F, J, C) + self.Spatial_pos_embed).view(B * F * J, C)
         for i in range(self.depth):

@@ -6,7 +6,7 @@
 
 Shapes (F = 351, B = 8, so M = B*F = 2808 rows, C = 512, d_hid = 1024; MHG rows M = B*34, K = F):
 SHR QKV (G=3, LN, K=C, N=3C), mixing-MLP fc1 (G=1, LN over 3C, N=1024, GELU), fc2 (+ residual), MHG qkv.
-Run: ``.venv/bin/python -m pytest benchmarks/test_ln_linear.py`` (CI: ``--benchmark-disable``)."""
+Run: ``.venv/bin/python -m pytest benchmarks/test_bench_ln_linear.py`` (CI: ``--benchmark-disable``)."""
 import os
 
 import pytest

@@ -8,7 +8,7 @@ in the Triton interpreter, which is not a timing) and are skipped with that reas
 
 Sizes: "full" (the published batch: 64 windows) on CUDA with timing on, else "small" (batch 2, same sequence
 lengths and head dims; CI runs the small tier with ``--benchmark-disable``).
-Run: ``.venv/bin/python -m pytest benchmarks/test_attention.py`` (``--benchmark-json=r.json`` for report.py)."""
+Run: ``.venv/bin/python -m pytest benchmarks/test_bench_attention.py`` (``--benchmark-json=r.json`` for report.py)."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -5,7 +5,7 @@ compile rows on CPU, ...), and report.py lists those reasons.
 
 Sizes (docs/benchmarks.md): the published ones on CUDA; reduced width/depth ("small", same frame counts where
 affordable) on CPU and under --benchmark-disable; PYENGINE_BENCH_SIZE=full|small overrides.
-Run: ``.venv/bin/python -m pytest benchmarks/test_models.py --benchmark-json=out.json``."""
+Run: ``.venv/bin/python -m pytest benchmarks/test_bench_models.py --benchmark-json=out.json``."""
 import pytest
 import torch
 

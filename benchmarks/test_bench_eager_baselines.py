@@ -1,6 +1,6 @@
 """Eager SUSA baseline (issue 5's CPU shape: batch 8, 40 channels at 64 x 48). The model baselines that used to
-live here (MHFormer eager at 27 / 81 frames) are now rows of benchmarks/test_models.py, next to the compiled and
-pyengine rows. Run: ``.venv/bin/python -m pytest benchmarks/test_eager_baselines.py``."""
+live here (MHFormer eager at 27 / 81 frames) are now rows of benchmarks/test_bench_models.py, next to the compiled and
+pyengine rows. Run: ``.venv/bin/python -m pytest benchmarks/test_bench_eager_baselines.py``."""
 import torch
 
 from common import DEVICE, time_rows

@@ -1,0 +1,248 @@
+"""Drop-in SUSA modules backed by the fused ``pyengine::susa`` kernels (SPEC.md §3).
+
+Each class subclasses its eager reference in :mod:`pyengine.models.susa`, so it has the same constructor
+arguments, parameter names and state_dict keys (a reference or published state_dict loads with ``strict=True``),
+and adds ``backend=``:
+
+* ``"cpp"`` (CPU tensors), ``"triton"`` (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``), ``"cuda"``;
+* ``"auto"``: ``"cpp"`` for CPU inputs, ``"triton"`` for CUDA inputs (decided per call from x's device);
+* ``"reference"``: the eager reference forward.
+
+Channel split, concat and channel shuffle cost no copies: the kernels read channel slices through strides and
+write each result channel straight to its shuffled position (an int32 index table per SUSA, kept as a
+non-persistent buffer). The units' 3x3 depthwise conv + BatchNorm is one ``F.conv2d`` with BN folded into it,
+so the units are inference-only: they raise in training mode (call ``.eval()``).
+
+``Cls.from_reference(module, backend)`` builds the drop-in around an existing reference module, sharing its
+parameters (no copies), e.g. to swap the modules of a loaded model in place.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..backends import BackendUnavailableError
+from ..models import susa as ref
+from ..ops.susa import new_output, shuffle_index, susa, susa_into
+
+__all__ = ["HSUSA", "WSUSA", "HWSUSA", "SXShuffleUnit", "PXShuffleUnit"]
+
+BACKENDS = ("auto", "reference", "triton", "cuda", "cpp")
+
+
+def _check_backend(backend, what):
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"{what}: backend={backend!r} is not available (choose from {BACKENDS})")
+    return backend
+
+
+def _resolve(backend, x):
+    if backend == "auto":
+        return "triton" if x.device.type == "cuda" else "cpp"
+    return backend
+
+
+def _params(m):
+    """Fused-op parameters of a (reference or drop-in) H/W-SUSA module, as passed to :func:`susa`."""
+    ln_w, ln_b = (m.ln.weight, m.ln.bias) if m.ln_enable else (None, None)
+    return (m.group_weight, m.mean_conv.conv.weight, m.mean_conv.conv.bias, m.conv.conv.weight, m.conv.conv.bias,
+            ln_w, ln_b)
+
+
+def _folded_dwconv(x, m):
+    """3x3 depthwise conv + BatchNorm (running statistics) as one conv with folded weight and bias."""
+    bn = m.bn
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = m.conv.weight * scale[:, None, None, None]
+    bias = bn.bias - bn.running_mean * scale
+    return F.conv2d(x, weight, bias, padding=1, groups=x.shape[1])
+
+
+def _share_susa(dst, src):
+    dst.conv, dst.mean_conv, dst.group_weight = src.conv, src.mean_conv, src.group_weight
+    if src.ln_enable:
+        dst.ln, dst.sigmoid = src.ln, src.sigmoid
+
+
+def _finish(new, module):
+    p = next(module.parameters())
+    new.train(module.training)
+    return new.to(p.device)  # only the index buffers move; the shared parameters are already there
+
+
+class HSUSA(ref.HSUSA):
+    """H-wise SUSA (a gate per row) on the fused kernel. ``HSUSA(channels, ln_enable=True, backend="auto")``."""
+
+    def __init__(self, channels: int, ln_enable: bool = True, backend: str = "auto"):
+        super().__init__(channels, ln_enable)
+        self.backend = _check_backend(backend, type(self).__name__)
+
+    def forward(self, x):
+        ref._check_input(x, type(self).__name__, self.channels, max_h=ref.GROUP_WEIGHT_H)
+        backend = _resolve(self.backend, x)
+        if backend == "reference":
+            return super().forward(x)
+        return susa(x.to(self.group_weight.dtype), *_params(self), direction="h", backend=backend)
+
+    @classmethod
+    def from_reference(cls, module, backend: str = "auto"):
+        if not isinstance(module, ref.HSUSA):
+            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.HSUSA, got "
+                            f"{type(module).__name__}")
+        new = cls(module.channels, module.ln_enable, backend=backend)
+        _share_susa(new, module)
+        return _finish(new, module)
+
+
+class WSUSA(ref.WSUSA):
+    """W-wise SUSA (a gate per column) on the fused kernel. ``WSUSA(channels, ln_enable=True, backend="auto")``."""
+
+    def __init__(self, channels: int, ln_enable: bool = True, backend: str = "auto"):
+        super().__init__(channels, ln_enable)
+        self.backend = _check_backend(backend, type(self).__name__)
+
+    def forward(self, x):
+        ref._check_input(x, type(self).__name__, self.channels, max_w=ref.GROUP_WEIGHT_W)
+        backend = _resolve(self.backend, x)
+        if backend == "reference":
+            return super().forward(x)
+        return susa(x.to(self.group_weight.dtype), *_params(self), direction="w", backend=backend)
+
+    @classmethod
+    def from_reference(cls, module, backend: str = "auto"):
+        if not isinstance(module, ref.WSUSA):
+            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.WSUSA, got "
+                            f"{type(module).__name__}")
+        new = cls(module.channels, module.ln_enable, backend=backend)
+        _share_susa(new, module)
+        return _finish(new, module)
+
+
+def _hw_indices(h_channels, w_channels, groups, shuffle, scale=1, base=0):
+    """Output channels of the H-wise and the W-wise part of an HW-SUSA (concat, then optional shuffle),
+    mapped through ``base + scale * channel``."""
+    c = h_channels + w_channels
+    g = groups if shuffle else 1
+    return (shuffle_index(c, g, 0, h_channels, scale=scale, base=base),
+            shuffle_index(c, g, h_channels, w_channels, scale=scale, base=base))
+
+
+def _hw_write(m, x, out, h_index, w_index, backend):
+    """HW-SUSA ``m`` (its ``hconv`` / ``wconv`` parameters) on x, written into out at the given channels."""
+    x1 = x.narrow(1, 0, m.h_channels)
+    x2 = x.narrow(1, m.h_channels, m.w_channels)
+    susa_into(x1, *_params(m.hconv), out=out, out_index=h_index, direction="h", backend=backend)
+    susa_into(x2, *_params(m.wconv), out=out, out_index=w_index, direction="w", backend=backend)
+
+
+class HWSUSA(ref.HWSUSA):
+    """HW-SUSA on the fused kernel: H-wise SUSA on the first ``h_channels``, W-wise on the rest, written straight
+    to their concatenated (and, with ``hw_shuffle``, shuffled) positions.
+    ``HWSUSA(channels, mode=None, ln_enable=False, hw_shuffle=False, backend="auto")``."""
+
+    def __init__(self, channels: int, mode=None, ln_enable: bool = False, hw_shuffle: bool = False,
+                 backend: str = "auto"):
+        super().__init__(channels, mode, ln_enable, hw_shuffle)
+        self.backend = _check_backend(backend, type(self).__name__)
+        h_index, w_index = _hw_indices(self.h_channels, self.w_channels, self.shuffle_groups, self.hw_shuffle)
+        self.register_buffer("h_index", h_index, persistent=False)
+        self.register_buffer("w_index", w_index, persistent=False)
+
+    def forward(self, x):
+        ref._check_input(x, "HWSUSA", self.channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
+        backend = _resolve(self.backend, x)
+        if backend == "reference":
+            return super().forward(x)
+        x = x.to(self.hconv.group_weight.dtype)
+        out = new_output(x, self.channels)
+        _hw_write(self, x, out, self.h_index, self.w_index, backend)
+        return out
+
+    @classmethod
+    def from_reference(cls, module, backend: str = "auto"):
+        if not isinstance(module, ref.HWSUSA):
+            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.HWSUSA, got "
+                            f"{type(module).__name__}")
+        new = cls(module.channels, module.mode, module.hconv.ln_enable, module.hw_shuffle, backend=backend)
+        new.hconv, new.wconv = module.hconv, module.wconv
+        return _finish(new, module)
+
+
+def _unit_prologue(unit, x):
+    """Checks shared by both units; returns x in the parameters' dtype, the output and its passthrough half."""
+    what = type(unit).__name__
+    if unit.training:
+        raise RuntimeError(f"{what}: the fused unit folds BatchNorm's running statistics into the depthwise conv "
+                           f"and is inference-only; call .eval() (or use backend='reference' to train)")
+    x = x.to(unit.branch2[1].conv.weight.dtype)
+    out = new_output(x, unit.in_channels)
+    bf = unit.branch_features
+    # concat(x1, branch2(x2)) shuffled with 2 groups: x1's channel j goes to 2j, branch2's channel j to 2j + 1.
+    out[:, 0::2].copy_(x[:, :bf])
+    return x, out, x.narrow(1, bf, bf)
+
+
+class SXShuffleUnit(ref.SXShuffleUnit):
+    """Sequential X-shuffle unit on the fused kernels: W-SUSA (reads the second half of x in place) -> folded
+    dw3x3 conv + BN -> H-SUSA written straight to the odd channels of the output; the first half is copied to the
+    even channels. ``SXShuffleUnit(in_channels, out_channels, stride=1, backend="auto")``; inference only."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, backend: str = "auto"):
+        super().__init__(in_channels, out_channels, stride)
+        self.backend = _check_backend(backend, type(self).__name__)
+        self.register_buffer("out_index", shuffle_index(self.branch_features, 1, scale=2, base=1), persistent=False)
+
+    def forward(self, x):
+        ref._check_input(x, type(self).__name__, self.in_channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
+        backend = _resolve(self.backend, x)
+        if backend == "reference":
+            return super().forward(x)
+        x, out, x2 = _unit_prologue(self, x)
+        t = susa(x2, *_params(self.branch2[0]), direction="w", backend=backend)
+        t = _folded_dwconv(t, self.branch2[1])
+        susa_into(t, *_params(self.branch2[2]), out=out, out_index=self.out_index, direction="h", backend=backend)
+        return out
+
+    @classmethod
+    def from_reference(cls, module, backend: str = "auto"):
+        if not isinstance(module, ref.SXShuffleUnit):
+            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.SXShuffleUnit, got "
+                            f"{type(module).__name__}")
+        new = cls(module.in_channels, module.out_channels, module.stride, backend=backend)
+        new.branch2 = module.branch2
+        return _finish(new, module)
+
+
+class PXShuffleUnit(ref.PXShuffleUnit):
+    """Parallel X-shuffle unit on the fused kernels: HW-SUSA (reads the second half of x in place, writes its
+    shuffled halves) -> folded dw3x3 conv + BN -> HW-SUSA written straight to the odd channels of the output
+    (its own shuffle composed with the unit's); the first half is copied to the even channels.
+    ``PXShuffleUnit(in_channels, out_channels, stride=1, backend="auto")``; inference only."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, backend: str = "auto"):
+        super().__init__(in_channels, out_channels, stride)
+        self.backend = _check_backend(backend, type(self).__name__)
+        hw = self.branch2[0]
+        first = _hw_indices(hw.h_channels, hw.w_channels, hw.shuffle_groups, hw.hw_shuffle)
+        last = _hw_indices(hw.h_channels, hw.w_channels, hw.shuffle_groups, hw.hw_shuffle, scale=2, base=1)
+        for name, t in zip(("first_h_index", "first_w_index", "last_h_index", "last_w_index"), first + last):
+            self.register_buffer(name, t, persistent=False)
+
+    def forward(self, x):
+        ref._check_input(x, type(self).__name__, self.in_channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
+        backend = _resolve(self.backend, x)
+        if backend == "reference":
+            return super().forward(x)
+        x, out, x2 = _unit_prologue(self, x)
+        t = new_output(x2, self.branch_features)
+        _hw_write(self.branch2[0], x2, t, self.first_h_index, self.first_w_index, backend)
+        t = _folded_dwconv(t, self.branch2[1])
+        _hw_write(self.branch2[2], t, out, self.last_h_index, self.last_w_index, backend)
+        return out
+
+    @classmethod
+    def from_reference(cls, module, backend: str = "auto"):
+        if not isinstance(module, ref.PXShuffleUnit):
+            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.PXShuffleUnit, got "
+                            f"{type(module).__name__}")
+        new = cls(module.in_channels, module.out_channels, module.stride, backend=backend)
+        new.branch2 = module.branch2
+        return _finish(new, module)

@@ -1,0 +1,225 @@
+"""pyengine::susa / pyengine::susa_into (Triton under the interpreter, C++; CUDA when there is a GPU) against the
+eager SUSA modules of pyengine/models/susa.py evaluated in fp64; the op's registration; argument errors.
+
+A kernel is held to at most 2x the error of the same-precision eager module (with a small floor). Interpreter
+runs cost ~1 s per call, so the Triton matrix is smaller than the C++ one (64x48 at one channel count only)."""
+import copy
+
+import pytest
+import torch
+
+from pyengine.backends import BackendUnavailableError
+from pyengine.models.susa import HSUSA, WSUSA
+from pyengine.ops.susa import shuffle_index, susa, susa_into, susa_into_op, susa_op
+from pyengine.testing import randomize_, rel_error
+
+FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+CUDA = torch.cuda.is_available()
+
+
+def device(impl):
+    """Where an implementation runs: C++ on the CPU, CUDA on the GPU, Triton on the GPU when there is one and
+    the interpreter is off (else on the CPU, interpreted)."""
+    from pyengine.kernels._common import INTERPRETING
+    return "cuda" if impl == "cuda" or (impl == "triton" and CUDA and not INTERPRETING) else "cpu"
+
+
+def on(impl, *tensors):
+    return tuple(None if t is None else t.to(device(impl)) for t in tensors)
+
+
+def module_and_params(direction, c, ln, dtype, seed=0):
+    cls = HSUSA if direction == "h" else WSUSA
+    m = randomize_(cls(c, ln_enable=ln), seed=seed).to(dtype)
+    ln_w, ln_b = (m.ln.weight, m.ln.bias) if ln else (None, None)
+    params = (m.group_weight, m.mean_conv.conv.weight, m.mean_conv.conv.bias, m.conv.conv.weight, m.conv.conv.bias,
+              ln_w, ln_b)
+    return m, params
+
+
+def check(impl, direction, c, h, w, ln, dtype=torch.float32, channels_last=False, n=2, seed=0):
+    m, params = module_and_params(direction, c, ln, dtype, seed)
+    x = torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = copy.deepcopy(m).double()(x.double())  # same (rounded) parameters, in fp64
+    eager_err = rel_error(m(x), want)
+    got = susa(*on(impl, x, *params), direction=direction, backend=impl).cpu()
+    assert got.dtype == dtype and got.shape == x.shape
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    err = rel_error(got, want)
+    assert err <= 2 * max(eager_err, FLOOR[dtype]), f"{impl}: error {err:.3g} vs eager {eager_err:.3g}"
+    return got
+
+
+IMPLS = ["cpp", "triton", pytest.param("cuda", marks=pytest.mark.skipif(
+    not CUDA, reason="no CUDA device: the CUDA implementation is only compile-checked here"))]
+
+
+@pytest.mark.parametrize("ln", [True, False])
+@pytest.mark.parametrize("direction", ["h", "w"])
+@pytest.mark.parametrize("c,hw", [(10, (8, 6)), (20, (16, 12)), (40, (7, 5))])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matches_reference_fp32(impl, c, hw, direction, ln):
+    check(impl, direction, c, *hw, ln)
+
+
+@pytest.mark.parametrize("c", [10, 20, 40])
+@pytest.mark.parametrize("hw", [(8, 6), (16, 12), (7, 5), (64, 48)])
+def test_cpp_all_published_sizes(c, hw):
+    for direction in "hw":
+        for ln in (True, False):
+            check("cpp", direction, c, *hw, ln)
+
+
+@pytest.mark.parametrize("direction", ["h", "w"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_largest_size(impl, direction):
+    check(impl, direction, 20, 64, 48, True, n=1)
+
+
+@pytest.mark.parametrize("dtype,shape", [(torch.float16, (10, 16, 12)), (torch.float16, (20, 7, 5)),
+                                         (torch.bfloat16, (10, 8, 6))])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_half_precision(impl, dtype, shape):
+    for direction in "hw":
+        check(impl, direction, *shape, ln=True, dtype=dtype)
+    check(impl, "h", *shape, ln=False, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_channels_last(impl, dtype):
+    for direction in "hw":
+        check(impl, direction, 20, 16, 12, True, dtype=dtype, channels_last=True)
+
+
+@pytest.mark.parametrize("block_hw", [(8, 6), (16, 12), (32, 24)])
+def test_triton_gpu_launch_configs_under_interpreter(monkeypatch, block_hw):
+    """The interpreter normally runs whole samples per program; run the configurations a GPU picks too."""
+    from pyengine.kernels import susa as tk
+    monkeypatch.setattr(tk, "INTERPRETING", False)
+    check("triton", "h", 10, *block_hw, True, n=1)
+    check("triton", "w", 10, *block_hw, False, n=1)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_into_strided_input_and_shuffled_output_poisoned(impl):
+    """x is a channel slice of a larger tensor (channels-last too); results land at shuffled channels of a
+    NaN-filled output; every other channel stays NaN."""
+    for channels_last in (False, True):
+        c, h, w = 12, 9, 7
+        m, params = module_and_params("w", c, True, torch.float32, seed=3)
+        big = torch.randn(2, 3 * c, h, w)
+        if channels_last:
+            big = big.contiguous(memory_format=torch.channels_last)
+        x = big[:, c:2 * c]
+        want = m.double()(x.double())
+        out = torch.full((2, 2 * c, h, w), float("nan"))
+        index = shuffle_index(2 * c, 4, offset=c, count=c)  # second half of a 4-group shuffle
+        out_d = out.to(device(impl))
+        susa_into(*on(impl, x, *params), out=out_d, out_index=index.to(device(impl)), direction="w", backend=impl)
+        out = out_d.cpu()
+        got = out[:, index.long()]
+        assert rel_error(got, want) <= 2e-6
+        rest = torch.ones(2 * c, dtype=torch.bool)
+        rest[index.long()] = False
+        assert torch.isnan(out[:, rest]).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_element_written(impl):
+    """Every output element comes from the kernel: a NaN-poisoned full-size output has no NaN left."""
+    c = 10
+    _, params = module_and_params("h", c, True, torch.float32)
+    x = torch.randn(2, c, 7, 5, device=device(impl))
+    out = torch.full_like(x, float("nan"))
+    index = torch.arange(c, dtype=torch.int32, device=device(impl))
+    susa_into(*on(impl, x, *params), out=out, out_index=index, direction="h", backend=impl)
+    assert not torch.isnan(out).any()
+
+
+def test_shuffle_index_matches_channel_shuffle():
+    from pyengine.models.susa import channel_shuffle
+    for c, g in [(8, 2), (12, 4), (12, 1)]:
+        x = torch.arange(c, dtype=torch.float32).reshape(1, c, 1, 1)
+        y = channel_shuffle(x, g).flatten()
+        index = shuffle_index(c, g)
+        assert torch.equal(y[index.long()], torch.arange(c, dtype=torch.float32))
+
+
+def test_errors():
+    _, p = module_and_params("h", 4, True, torch.float32)
+    _, pw = module_and_params("w", 4, True, torch.float32)
+    x = torch.randn(1, 4, 8, 6)
+    with pytest.raises(ValueError, match=r"H=97 exceeds the limit H <= 96"):
+        susa(torch.randn(1, 4, 97, 6), *p, direction="h")
+    with pytest.raises(ValueError, match=r"W=73 exceeds the limit W <= 72"):
+        susa(torch.randn(1, 4, 6, 73), *pw, direction="w")
+    with pytest.raises(ValueError, match=r"H, W <= 96"):
+        susa(torch.randn(1, 4, 6, 97), *p, direction="h")
+    with pytest.raises(TypeError, match=r"float32, float16 or bfloat16, got torch.float64"):
+        susa(x.double(), *p)
+    with pytest.raises(ValueError, match=r"4-D"):
+        susa(x[0], *p)
+    with pytest.raises(ValueError, match=r"conv_w must have 16 elements"):
+        susa(x, p[0], p[1], p[2], torch.ones(3, 3), *p[4:])
+    with pytest.raises(ValueError, match=r"both be given"):
+        susa(x, *p[:5], p[5], None)
+    with pytest.raises(ValueError, match=r"direction must be 'h'"):
+        susa(x, *p, direction="x")
+    with pytest.raises(BackendUnavailableError, match=r"backend='nope'"):
+        susa(x, *p, backend="nope")
+    with pytest.raises(BackendUnavailableError, match=r"CUDA tensors"):
+        susa(x, *p, backend="cuda")
+    with pytest.raises(ValueError, match=r"out_index must be an int32 tensor \[4\]"):
+        susa_into(x, *p, out=torch.empty(1, 4, 8, 6), out_index=torch.arange(4))
+    with pytest.raises(ValueError, match=r"out_index values must lie in \[0, 4\)"):
+        susa_into(x, *p, out=torch.empty(1, 4, 8, 6), out_index=torch.arange(1, 5, dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"out must be \[N=1, C_out, H=8, W=6\]"):
+        susa_into(x, *p, out=torch.empty(1, 4, 8, 5), out_index=torch.arange(4, dtype=torch.int32))
+
+
+@pytest.mark.skipif(CUDA, reason="checks the error raised where the extension has no CUDA")
+def test_cuda_impl_unavailable_without_cuda():
+    _, p = module_and_params("h", 4, True, torch.float32)
+    x = torch.randn(1, 4, 8, 6)
+    args = [t.float().reshape(4, 4) if t.numel() == 16 else t.float().reshape(-1) for t in p]
+    with pytest.raises(BackendUnavailableError, match=r"built with CUDA"):
+        susa_op(x, *args, True, "cuda")
+
+
+def _raw_args(direction="h", c=4, ln=True):
+    _, p = module_and_params(direction, c, ln, torch.float32)
+    return tuple(None if t is None else (t.detach().float().reshape(c, c) if t.numel() == c * c and c > 1
+                                         else t.detach().float().reshape(-1).contiguous()) for t in p)
+
+
+@pytest.mark.parametrize("impl", ["cpp", "triton"])
+def test_opcheck(impl):
+    x = torch.randn(1, 4, 5, 3)
+    torch.library.opcheck(susa_op, (x, *_raw_args(), True, impl))
+    if impl == "cpp":
+        out = torch.zeros(1, 8, 5, 3)
+        torch.library.opcheck(susa_into_op, (x, *_raw_args("w", ln=False), False, out,
+                                             torch.tensor([1, 3, 5, 7], dtype=torch.int32), impl))
+
+
+def test_torch_compile_and_export():
+    _, p = module_and_params("h", 4, True, torch.float32)
+    x = torch.randn(2, 4, 6, 5)
+    want = susa(x, *p, backend="cpp")
+
+    def f(x):
+        return susa(x, *p, backend="cpp") * 2
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), want * 2)
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 8, x.shape[2], x.shape[3])
+            return susa_into(x, *p, out=out, out_index=torch.tensor([0, 2, 4, 6], dtype=torch.int32))
+
+    got = torch.export.export(M(), (x,)).module()(x)
+    torch.testing.assert_close(got[:, 0::2], want)
+    assert (got[:, 1::2] == 0).all()
