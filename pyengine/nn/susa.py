@@ -68,52 +68,40 @@ def _finish(new, module):
     return new.to(p.device)  # only the index buffers move; the shared parameters are already there
 
 
-class HSUSA(ref.HSUSA):
+class _StripeSUSA:
+    """The fused forward shared by H-wise and W-wise SUSA; subclasses set the direction and their reference."""
+
+    DIRECTION, REFERENCE, LIMIT = "h", ref.HSUSA, {"max_h": ref.GROUP_WEIGHT_H}
+
+    def __init__(self, channels: int, ln_enable: bool = True, backend: str = "auto"):
+        super().__init__(channels, ln_enable)
+        self.backend = _check_backend(backend, type(self).__name__)
+
+    def forward(self, x):
+        ref._check_input(x, type(self).__name__, self.channels, **self.LIMIT)
+        backend = _resolve(self.backend, x)
+        if backend == "reference":
+            return super().forward(x)
+        return susa(x.to(self.group_weight.dtype), *_params(self), direction=self.DIRECTION, backend=backend)
+
+    @classmethod
+    def from_reference(cls, module, backend: str = "auto"):
+        if not isinstance(module, cls.REFERENCE):
+            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa."
+                            f"{cls.REFERENCE.__name__}, got {type(module).__name__}")
+        new = cls(module.channels, module.ln_enable, backend=backend)
+        _share_susa(new, module)
+        return _finish(new, module)
+
+
+class HSUSA(_StripeSUSA, ref.HSUSA):
     """H-wise SUSA (a gate per row) on the fused kernel. ``HSUSA(channels, ln_enable=True, backend="auto")``."""
 
-    def __init__(self, channels: int, ln_enable: bool = True, backend: str = "auto"):
-        super().__init__(channels, ln_enable)
-        self.backend = _check_backend(backend, type(self).__name__)
 
-    def forward(self, x):
-        ref._check_input(x, type(self).__name__, self.channels, max_h=ref.GROUP_WEIGHT_H)
-        backend = _resolve(self.backend, x)
-        if backend == "reference":
-            return super().forward(x)
-        return susa(x.to(self.group_weight.dtype), *_params(self), direction="h", backend=backend)
-
-    @classmethod
-    def from_reference(cls, module, backend: str = "auto"):
-        if not isinstance(module, ref.HSUSA):
-            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.HSUSA, got "
-                            f"{type(module).__name__}")
-        new = cls(module.channels, module.ln_enable, backend=backend)
-        _share_susa(new, module)
-        return _finish(new, module)
-
-
-class WSUSA(ref.WSUSA):
+class WSUSA(_StripeSUSA, ref.WSUSA):
     """W-wise SUSA (a gate per column) on the fused kernel. ``WSUSA(channels, ln_enable=True, backend="auto")``."""
 
-    def __init__(self, channels: int, ln_enable: bool = True, backend: str = "auto"):
-        super().__init__(channels, ln_enable)
-        self.backend = _check_backend(backend, type(self).__name__)
-
-    def forward(self, x):
-        ref._check_input(x, type(self).__name__, self.channels, max_w=ref.GROUP_WEIGHT_W)
-        backend = _resolve(self.backend, x)
-        if backend == "reference":
-            return super().forward(x)
-        return susa(x.to(self.group_weight.dtype), *_params(self), direction="w", backend=backend)
-
-    @classmethod
-    def from_reference(cls, module, backend: str = "auto"):
-        if not isinstance(module, ref.WSUSA):
-            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.WSUSA, got "
-                            f"{type(module).__name__}")
-        new = cls(module.channels, module.ln_enable, backend=backend)
-        _share_susa(new, module)
-        return _finish(new, module)
+    DIRECTION, REFERENCE, LIMIT = "w", ref.WSUSA, {"max_w": ref.GROUP_WEIGHT_W}
 
 
 def _hw_indices(h_channels, w_channels, groups, shuffle, scale=1, base=0):
