@@ -121,3 +121,20 @@ def test_pyengine_bench_tiny_model_prints_table(capsys, tmp_path):
 def test_pyengine_bench_bad_usage_exits_2(capsys, args):
     assert cli.main(["bench", "--channel", "16", "--d-hid", "32", *args]) == 2
     assert "pyengine bench: error:" in capsys.readouterr().err
+
+
+def test_gpu_suite_script_parses_and_dry_runs(tmp_path):
+    """The GPU script is checked on every CI run: bash syntax, and a dry run of every stage prints its commands."""
+    import os
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "benchmarks", "gpu_suite.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    res = subprocess.run([script, "all", "--dry-run"], capture_output=True, text=True,
+                         env={**os.environ, "OUT": str(tmp_path)}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for stage_cmd in ("pip install --no-build-isolation --no-deps -e .", "-m pytest -q", "compute-sanitizer --tool memcheck",
+                      "compute-sanitizer --tool racecheck", "--benchmark-json=", "report.md"):
+        assert stage_cmd in res.stdout, (stage_cmd, res.stdout[-2000:])
+    bad = subprocess.run([script, "nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
