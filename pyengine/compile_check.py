@@ -113,20 +113,19 @@ def compile_cuda_sm90(path: str, include_dirs=()) -> Resources:
     return Resources(os.path.basename(path), regs, spills, smem)
 
 
-def triton_cases():
-    """Every ``KernelCase`` listed by the kernel modules in ``pyengine.kernels`` (their ``sm90_cases()``)."""
+def kernel_modules():
+    """The kernel modules of ``pyengine.kernels`` (every public one)."""
     import importlib
     import pkgutil
 
     import pyengine.kernels as pkg
-    cases = []
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"pyengine.kernels.{mod.name}")
-        if hasattr(module, "sm90_cases"):
-            cases.extend(module.sm90_cases())
-    return cases
+    return [importlib.import_module(f"pyengine.kernels.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)
+            if not m.name.startswith("_")]
+
+
+def triton_cases():
+    """Every ``KernelCase`` listed by the kernel modules in ``pyengine.kernels`` (their ``sm90_cases()``)."""
+    return [case for module in kernel_modules() if hasattr(module, "sm90_cases") for case in module.sm90_cases()]
 
 
 def cuda_sources(root=None):

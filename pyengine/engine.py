@@ -103,22 +103,18 @@ def report(model) -> Report:
         impl = m.backend if m.backend != "auto" else ("triton" if device.type == "cuda" else "cpp")
         why = dispatch.WHY[impl] + ("; auto" if m.backend == "auto" else "")
         rows.append(ReportRow(name or "(model)", SUSA_WHAT[type(m).__name__], f"susa={impl}", why))
-    if susa and not fused:
-        return rows
-    if not fused:
+    if not fused and not susa:
         why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
         rows.append(ReportRow("(whole model)", type(model).__name__, "reference", why))
-        return rows
     for name, m in fused:
         choice = m.ops_for(torch.empty(0, device=device)).choice
-        for cls in type(m).__mro__:
-            for what, ops in USES.get(cls.__name__, {}).items() if cls.__module__.startswith("pyengine.nn") else ():
+        own = [c for c in type(m).__mro__ if c.__module__.startswith("pyengine.nn")]  # fused classes, subclass first
+        for cls in own:
+            for what, ops in USES.get(cls.__name__, {}).items():
                 kern = ", ".join(f"{op}={choice[op].impl}" for op in ops)
                 why = "; ".join(sorted({f"{choice[op].impl}: {choice[op].why}" for op in ops}))
                 rows.append(ReportRow(name or "(model)", what, kern, why))
-        glue = GLUE.get(type(m).__name__) or next((GLUE[c.__name__] for c in type(m).__mro__[1:]
-                                                   if c.__name__ in GLUE and c.__module__.startswith("pyengine.nn")),
-                                                  None)
+        glue = next((GLUE[c.__name__] for c in own if c.__name__ in GLUE), None)
         if glue and not name:
             rows.append(ReportRow("(model)", glue, "torch", "elementwise glue between fused launches"))
     return rows

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pyengine.compile_check import cuda_sources, nvcc, run_in_subprocess, triton_cases
+from pyengine.compile_check import cuda_sources, kernel_modules, nvcc, run_in_subprocess, triton_cases
 
 NAMES = ["triton:" + c.name for c in triton_cases()] + ["cuda:" + os.path.basename(p) for p in cuda_sources()]
 
@@ -29,16 +29,9 @@ def test_compiles_for_sm90(results, name):
 
 def test_every_kernel_module_lists_its_configurations():
     """A Triton kernel module without sm90_cases() would escape the compile check."""
-    import importlib
-    import pkgutil
-
-    import pyengine.kernels as pkg
     missing = []
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"pyengine.kernels.{mod.name}")
+    for module in kernel_modules():
         jitted = [v for v in vars(module).values() if type(v).__name__ in ("JITFunction", "InterpretedFunction")]
         if jitted and not hasattr(module, "sm90_cases"):
-            missing.append(mod.name)
+            missing.append(module.__name__)
     assert not missing, f"kernel modules without sm90_cases(): {missing}"

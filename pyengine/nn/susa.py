@@ -154,6 +154,16 @@ class HWSUSA(ref.HWSUSA):
         return _finish(new, module)
 
 
+def _unit_from_reference(cls, reference, module, backend):
+    """A drop-in unit around a reference unit, sharing its ``branch2`` (all of its parameters)."""
+    if not isinstance(module, reference):
+        raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.{reference.__name__}, got "
+                        f"{type(module).__name__}")
+    new = cls(module.in_channels, module.out_channels, module.stride, backend=backend)
+    new.branch2 = module.branch2
+    return _finish(new, module)
+
+
 def _unit_prologue(unit, x):
     """Checks shared by both units; returns x in the parameters' dtype, the output and its passthrough half."""
     what = type(unit).__name__
@@ -191,12 +201,7 @@ class SXShuffleUnit(ref.SXShuffleUnit):
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):
-        if not isinstance(module, ref.SXShuffleUnit):
-            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.SXShuffleUnit, got "
-                            f"{type(module).__name__}")
-        new = cls(module.in_channels, module.out_channels, module.stride, backend=backend)
-        new.branch2 = module.branch2
-        return _finish(new, module)
+        return _unit_from_reference(cls, ref.SXShuffleUnit, module, backend)
 
 
 class PXShuffleUnit(ref.PXShuffleUnit):
@@ -228,9 +233,4 @@ class PXShuffleUnit(ref.PXShuffleUnit):
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):
-        if not isinstance(module, ref.PXShuffleUnit):
-            raise TypeError(f"{cls.__name__}.from_reference: expected a pyengine.models.susa.PXShuffleUnit, got "
-                            f"{type(module).__name__}")
-        new = cls(module.in_channels, module.out_channels, module.stride, backend=backend)
-        new.branch2 = module.branch2
-        return _finish(new, module)
+        return _unit_from_reference(cls, ref.PXShuffleUnit, module, backend)
