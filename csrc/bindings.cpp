@@ -15,6 +15,9 @@ void susa_cpu(const torch::Tensor& x, const torch::Tensor& group_weight, const t
               const torch::Tensor& mean_b, const torch::Tensor& conv_w, const torch::Tensor& conv_b,
               const c10::optional<torch::Tensor>& ln_w, const c10::optional<torch::Tensor>& ln_b, bool h_wise,
               torch::Tensor& out, const torch::Tensor& out_index);
+// 3x3 depthwise conv, stride 1, padding 1, with bias (csrc/dwconv3x3_cpu.cpp). Writes out.
+void dwconv3x3_cpu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                   torch::Tensor& out);
 #ifdef PYENGINE_WITH_CUDA
 void susa_cuda(const torch::Tensor& x, const torch::Tensor& group_weight, const torch::Tensor& mean_w,
                const torch::Tensor& mean_b, const torch::Tensor& conv_w, const torch::Tensor& conv_b,
@@ -41,4 +44,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("conv_b"), pybind11::arg("ln_w"), pybind11::arg("ln_b"), pybind11::arg("h_wise"),
         pybind11::arg("out"), pybind11::arg("out_index"));
 #endif
+  m.def("dwconv3x3_cpu", &dwconv3x3_cpu, "3x3 depthwise conv (stride 1, padding 1, bias) on the CPU (OpenMP), "
+        "writes out", pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("out"));
 }

@@ -29,8 +29,8 @@ SUSA_DROP_INS = {ref_susa.HSUSA: fused_susa.HSUSA, ref_susa.WSUSA: fused_susa.WS
                  ref_susa.PXShuffleUnit: fused_susa.PXShuffleUnit}
 SUSA_WHAT = {"HSUSA": "H-wise SUSA, one fused op", "WSUSA": "W-wise SUSA, one fused op",
              "HWSUSA": "HW-SUSA: both halves written to their shuffled channels, no copies",
-             "SXShuffleUnit": "W-SUSA -> dwconv+BN (folded, ATen conv2d) -> H-SUSA into shuffled channels",
-             "PXShuffleUnit": "HW-SUSA -> dwconv+BN (folded, ATen conv2d) -> HW-SUSA into shuffled channels"}
+             "SXShuffleUnit": "W-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> H-SUSA into shuffled channels",
+             "PXShuffleUnit": "HW-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> HW-SUSA into shuffled channels"}
 
 
 def set_backend(model, backend, allow_tf32=False):

@@ -93,6 +93,19 @@ def test_from_reference_shares_parameters(ref_cls, args):
         getattr(dn, ref_cls.__name__).from_reference(torch.nn.Identity())
 
 
+def test_parameter_cache_follows_replaced_and_reloaded_parameters():
+    """The drop-ins convert their parameters once and reuse them; a parameter swapped for another tensor, or
+    reloaded in place, is picked up on the next call."""
+    r = randomize_(ref.SXShuffleUnit(8, 8), seed=8).eval()
+    d = dn.SXShuffleUnit.from_reference(r, backend="cpp")
+    x = torch.randn(2, 8, 6, 5)
+    compare(r, d, x)
+    r.branch2[2].conv.conv.weight.data = torch.randn(4, 4, 1, 1)  # a new tensor (new data pointer)
+    compare(r, d, x)
+    r.load_state_dict(randomize_(ref.SXShuffleUnit(8, 8), seed=9).state_dict())  # in place (new version)
+    compare(r, d, x)
+
+
 def test_errors():
     with pytest.raises(ValueError, match=r"HSUSA: x height H=97 exceeds the limit H <= 96"):
         dn.HSUSA(4, backend="cpp")(torch.randn(1, 4, 97, 5))

@@ -78,6 +78,22 @@ def test_largest_size(impl, direction):
     check(impl, direction, 20, 64, 48, True, n=1)
 
 
+@pytest.mark.parametrize("n", [1, 3, 4, 9])
+def test_cpp_work_splits(n):
+    """The C++ op gives whole samples to threads when the batch divides evenly (or is large), and otherwise runs
+    every thread on one sample at a time (channels / row blocks, with barriers); with two threads, n = 1 and 3
+    take the second path, 4 and 9 the first. Both, in fp32 (x read in place) and fp16 (converted planes), both
+    memory formats."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for direction, dtype, cl in (("h", torch.float32, False), ("w", torch.float16, False),
+                                     ("h", torch.float32, True), ("w", torch.float32, True)):
+            check("cpp", direction, 20, 64, 48, True, dtype=dtype, channels_last=cl, n=n, seed=n)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("dtype,shape", [(torch.float16, (10, 16, 12)), (torch.float16, (20, 7, 5)),
                                          (torch.bfloat16, (10, 8, 6))])
 @pytest.mark.parametrize("impl", IMPLS)
@@ -223,3 +239,36 @@ def test_torch_compile_and_export():
     got = torch.export.export(M(), (x,)).module()(x)
     torch.testing.assert_close(got[:, 0::2], want)
     assert (got[:, 1::2] == 0).all()
+
+
+def test_eager_calls_skip_the_dispatch_but_modes_and_the_profiler_see_the_ops():
+    """Plain eager calls run the C++ implementation directly (pyengine/ops/_direct.py); under a dispatch mode
+    and under the profiler the registered ops run, with bit-identical results."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    _, params = module_and_params("h", 6, True, torch.float32, seed=11)
+    x = torch.randn(2, 6, 5, 4)
+    index = shuffle_index(12, 2, offset=0, count=6)
+    direct = susa(x, *params, direction="h")
+    direct_into = susa_into(x, *params, out=torch.zeros(2, 12, 5, 4), out_index=index, direction="h")
+    with Log() as log:
+        traced = susa(x, *params, direction="h")
+        traced_into = susa_into(x, *params, out=torch.zeros(2, 12, 5, 4), out_index=index, direction="h")
+    assert "pyengine.susa.default" in log.ops and "pyengine.susa_into.default" in log.ops
+    assert torch.equal(direct, traced) and torch.equal(direct_into, traced_into)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        susa(x, *params, direction="h")
+    assert any(e.name == "pyengine::susa" for e in prof.events())
+    out = torch.zeros(2, 12, 5, 4)
+    version = out._version
+    susa_into(x, *params, out=out, out_index=index, direction="h")
+    assert out._version > version  # the direct path bumps out's version like the mutating op does

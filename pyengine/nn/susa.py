@@ -10,8 +10,9 @@ and adds ``backend=``:
 
 Channel split, concat and channel shuffle cost no copies: the kernels read channel slices through strides and
 write each result channel straight to its shuffled position (an int32 index table per SUSA, kept as a
-non-persistent buffer). The units' 3x3 depthwise conv + BatchNorm is one ``F.conv2d`` with BN folded into it,
-so the units are inference-only: they raise in training mode (call ``.eval()``).
+non-persistent buffer). The units' 3x3 depthwise conv + BatchNorm is one depthwise conv with BN folded into it
+(``pyengine::dwconv3x3`` in C++ on CPU, ``F.conv2d`` on CUDA), so the units are inference-only: they raise in
+training mode (call ``.eval()``). Converted parameters and the fold are cached per parameter version.
 
 ``Cls.from_reference(module, backend)`` builds the drop-in around an existing reference module, sharing its
 parameters (no copies), e.g. to swap the modules of a loaded model in place.
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError
 from ..models import susa as ref
-from ..ops.susa import new_output, shuffle_index, susa, susa_into
+from ..ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
+from ..ops.susa import check_input, new_output, prepare_params, run_prepared, shuffle_index
 
 __all__ = ["HSUSA", "WSUSA", "HWSUSA", "SXShuffleUnit", "PXShuffleUnit"]
 
@@ -47,13 +49,54 @@ def _params(m):
             ln_w, ln_b)
 
 
-def _folded_dwconv(x, m):
-    """3x3 depthwise conv + BatchNorm (running statistics) as one conv with folded weight and bias."""
+def _prepared(owner, name, m):
+    """The fused-op parameters of H/W-SUSA ``m`` (fp32, contiguous), cached on the drop-in ``owner`` and rebuilt
+    only when a source tensor changes (``Tensor._version`` counts in-place updates such as ``load_state_dict``),
+    so a call does not pay for seven conversions."""
+    src = _params(m)
+    if torch.compiler.is_compiling():  # traced: the conversions become part of the graph
+        return prepare_params(m.channels, *src)
+    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in src)
+    cache = owner.__dict__.setdefault("_susa_param_cache", {})
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, prepare_params(m.channels, *src))
+    return hit[1]
+
+
+def _run(owner, name, m, x, direction, backend, out=None, out_index=None):
+    """SUSA ``m`` (reference or drop-in H/W-SUSA, held by ``owner`` as ``name``) on x through the fused op."""
+    h_wise = check_input(x, m.group_weight, direction)
+    return run_prepared(x, _prepared(owner, name, m), h_wise, backend, out, out_index)
+
+
+def _fold(m):
+    """BatchNorm (running statistics) of ``m.bn`` folded into the depthwise 3x3 ``m.conv``: fp32 ``([C, 9], [C])``."""
     bn = m.bn
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    weight = m.conv.weight * scale[:, None, None, None]
-    bias = bn.bias - bn.running_mean * scale
-    return F.conv2d(x, weight, bias, padding=1, groups=x.shape[1])
+    scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    weight = (m.conv.weight.float() * scale[:, None, None, None]).reshape(-1, 9).contiguous()
+    return weight, (bn.bias.float() - bn.running_mean.float() * scale).contiguous()
+
+
+def _folded_dwconv(owner, x, m, backend):
+    """3x3 depthwise conv + BatchNorm of ``m`` (``branch2[1]`` of a unit) on x: the C++ ``pyengine::dwconv3x3`` for
+    backend "cpp", ATen's ``F.conv2d`` (cuDNN) on CUDA. The fold is cached per parameter version, like the SUSA
+    parameters."""
+    sources = (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean, m.bn.running_var)
+    if torch.compiler.is_compiling():
+        weight, bias = _fold(m)
+    else:
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (m.bn.eps,)
+        cache = owner.__dict__.setdefault("_susa_param_cache", {})
+        hit = cache.get("branch2.1")
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = cache["branch2.1"] = (key, _fold(m))
+        weight, bias = hit[1]
+    if backend == "cpp":
+        return dwconv3x3_prepared(x, weight, bias, "cpp")
+    c = x.shape[1]
+    return F.conv2d(x, weight.reshape(c, 1, 3, 3).to(x.dtype), bias.to(x.dtype), padding=1, groups=c)
 
 
 def _share_susa(dst, src):
@@ -82,7 +125,7 @@ class _StripeSUSA:
         backend = _resolve(self.backend, x)
         if backend == "reference":
             return super().forward(x)
-        return susa(x.to(self.group_weight.dtype), *_params(self), direction=self.DIRECTION, backend=backend)
+        return _run(self, "self", self, x.to(self.group_weight.dtype), self.DIRECTION, backend)
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):
@@ -113,12 +156,13 @@ def _hw_indices(h_channels, w_channels, groups, shuffle, scale=1, base=0):
             shuffle_index(c, g, h_channels, w_channels, scale=scale, base=base))
 
 
-def _hw_write(m, x, out, h_index, w_index, backend):
-    """HW-SUSA ``m`` (its ``hconv`` / ``wconv`` parameters) on x, written into out at the given channels."""
+def _hw_write(owner, name, m, x, out, h_index, w_index, backend):
+    """HW-SUSA ``m`` (its ``hconv`` / ``wconv`` parameters; held by ``owner`` as ``name``) on x, written into out
+    at the given channels."""
     x1 = x.narrow(1, 0, m.h_channels)
     x2 = x.narrow(1, m.h_channels, m.w_channels)
-    susa_into(x1, *_params(m.hconv), out=out, out_index=h_index, direction="h", backend=backend)
-    susa_into(x2, *_params(m.wconv), out=out, out_index=w_index, direction="w", backend=backend)
+    _run(owner, name + ".hconv", m.hconv, x1, "h", backend, out, h_index)
+    _run(owner, name + ".wconv", m.wconv, x2, "w", backend, out, w_index)
 
 
 class HWSUSA(ref.HWSUSA):
@@ -141,7 +185,7 @@ class HWSUSA(ref.HWSUSA):
             return super().forward(x)
         x = x.to(self.hconv.group_weight.dtype)
         out = new_output(x, self.channels)
-        _hw_write(self, x, out, self.h_index, self.w_index, backend)
+        _hw_write(self, "self", self, x, out, self.h_index, self.w_index, backend)
         return out
 
     @classmethod
@@ -194,9 +238,9 @@ class SXShuffleUnit(ref.SXShuffleUnit):
         if backend == "reference":
             return super().forward(x)
         x, out, x2 = _unit_prologue(self, x)
-        t = susa(x2, *_params(self.branch2[0]), direction="w", backend=backend)
-        t = _folded_dwconv(t, self.branch2[1])
-        susa_into(t, *_params(self.branch2[2]), out=out, out_index=self.out_index, direction="h", backend=backend)
+        t = _run(self, "branch2.0", self.branch2[0], x2, "w", backend)
+        t = _folded_dwconv(self, t, self.branch2[1], backend)
+        _run(self, "branch2.2", self.branch2[2], t, "h", backend, out, self.out_index)
         return out
 
     @classmethod
@@ -226,9 +270,9 @@ class PXShuffleUnit(ref.PXShuffleUnit):
             return super().forward(x)
         x, out, x2 = _unit_prologue(self, x)
         t = new_output(x2, self.branch_features)
-        _hw_write(self.branch2[0], x2, t, self.first_h_index, self.first_w_index, backend)
-        t = _folded_dwconv(t, self.branch2[1])
-        _hw_write(self.branch2[2], t, out, self.last_h_index, self.last_w_index, backend)
+        _hw_write(self, "branch2.0", self.branch2[0], x2, t, self.first_h_index, self.first_w_index, backend)
+        t = _folded_dwconv(self, t, self.branch2[1], backend)
+        _hw_write(self, "branch2.2", self.branch2[2], t, out, self.last_h_index, self.last_w_index, backend)
         return out
 
     @classmethod

@@ -16,6 +16,10 @@ reads x twice (stripe pass, gating pass) and writes each output element once; al
 * ``pyengine::susa`` (functional): returns ``[N, C, H, W]`` in x's memory format.
 * ``pyengine::susa_into`` (mutates ``out``): writes into the given channels of an existing tensor.
 
+A plain eager call of the wrappers runs the implementation without the custom-op dispatch (30-100 us per call,
+as much as the kernel at X-HRNet's CPU sizes); compile, export, opcheck, modes and the profiler see the
+registered ops (``pyengine/ops/_direct.py``).
+
 Implementations (``impl``): ``"triton"`` (kernels/susa.py; CUDA tensors, or CPU under TRITON_INTERPRET=1),
 ``"cpp"`` (csrc/susa_cpu.cpp, OpenMP), ``"cuda"`` (csrc/susa_cuda.cu, when the extension was built with CUDA).
 Inference only: there is no autograd formula.
@@ -25,6 +29,7 @@ from typing import Optional
 import torch
 
 from ..backends import BackendUnavailableError, cpp_extension
+from ._direct import direct_call_ok
 
 IMPLS = ("triton", "cpp", "cuda")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -140,8 +145,8 @@ def _param(t, name, numel, shape_txt):
     return t.detach().reshape(-1).float().contiguous() if t.dim() != 2 else t.detach().float().contiguous()
 
 
-def prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, direction):
-    """Validate every argument (clear errors) and return ``(h_wise, params)``, params fp32 contiguous."""
+def check_input(x, group_weight, direction):
+    """Validate ``x`` (and that ``group_weight`` covers its rows) for one call; returns ``h_wise``."""
     if direction not in ("h", "w"):
         raise ValueError(f"susa: direction must be 'h' (a gate per row) or 'w' (a gate per column), got {direction!r}")
     h_wise = direction == "h"
@@ -167,6 +172,14 @@ def prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, directi
     if not isinstance(group_weight, torch.Tensor) or group_weight.numel() < r:
         got = list(group_weight.shape) if isinstance(group_weight, torch.Tensor) else type(group_weight).__name__
         raise ValueError(f"susa: group_weight must hold at least {'H' if h_wise else 'W'}={r} values, got {got}")
+    return h_wise
+
+
+def prepare_params(c, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b):
+    """Validate the parameters of a SUSA over ``c`` channels and return them as the fused op takes them: fp32,
+    contiguous, detached, ``conv_w [c, c]``, the rest flat. The drop-in modules cache this per parameter version."""
+    if not isinstance(group_weight, torch.Tensor):
+        raise TypeError(f"susa: group_weight must be a torch.Tensor, got {type(group_weight).__name__}")
     gw = group_weight.detach().reshape(-1).float().contiguous()
     mw = _param(mean_w, "mean_w", c, f"(the depthwise 1x1 conv weight, [{c}, 1, 1, 1])")
     mb = _param(mean_b, "mean_b", c, f"([{c}])")
@@ -177,10 +190,49 @@ def prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, directi
     lw = None if ln_w is None else _param(ln_w, "ln_w", c, f"([{c}])")
     lb = None if ln_b is None else _param(ln_b, "ln_b", c, f"([{c}])")
     params = (gw, mw, mb, cw, cb, lw, lb)
-    for name, t in zip(("group_weight", "mean_w", "mean_b", "conv_w", "conv_b", "ln_w", "ln_b"), params):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"susa: {name} is on {t.device}, expected x's device {x.device}")
+    devices = {t.device for t in params if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"susa: the parameters are on several devices {sorted(map(str, devices))}")
+    return params
+
+
+def _check_param_device(params, x):
+    if params[0].device != x.device:
+        raise ValueError(f"susa: the parameters are on {params[0].device}, expected x's device {x.device}")
+
+
+def prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, direction):
+    """Validate every argument (clear errors) and return ``(h_wise, params)``, params fp32 contiguous."""
+    h_wise = check_input(x, group_weight, direction)
+    params = prepare_params(x.shape[1], group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b)
+    _check_param_device(params, x)
     return h_wise, params
+
+
+def run_prepared(x, params, h_wise, backend, out=None, out_index=None):
+    """The fused op on an x checked by :func:`check_input` and parameters from :func:`prepare_params` (the
+    drop-in modules' per-call path: their out / out_index are built internally and known to be valid).
+    ``out=None``: returns a new tensor; otherwise writes channel c to ``out[:, out_index[c]]`` and returns out."""
+    _check_param_device(params, x)
+    _check_backend(backend, x)
+    if backend == "reference":
+        if out is None:
+            return susa_ref(x, *params, h_wise=h_wise)
+        out[:, out_index.long()] = susa_ref(x, *params, h_wise=h_wise).to(out.dtype)
+        return out
+    if not direct_call_ok(x):  # traced, exported, under a mode or the profiler: the registered ops
+        if out is None:
+            return susa_op(x, *params, h_wise, backend)
+        susa_into_op(x, *params, h_wise, out, out_index, backend)
+        return out
+    # A plain eager call: the same implementation without the custom-op dispatch (pyengine/ops/_direct.py).
+    if out is None:
+        out = new_output(x, x.shape[1])
+        out_index = torch.arange(x.shape[1], dtype=torch.int32, device=x.device)
+    else:
+        torch.autograd.graph.increment_version(out)  # what the registered mutating op does for out
+    _run(x, *params, h_wise, out, out_index, backend)
+    return out
 
 
 def _check_backend(backend, x):
@@ -198,10 +250,7 @@ def susa(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w=None, ln_b=None, 
     """Fused SUSA: ``direction="h"`` (H-wise, a gate per row) or ``"w"`` (W-wise, a gate per column);
     ``ln_w=ln_b=None`` is the LN-disabled variant. Returns ``[N, C, H, W]`` in x's dtype and memory format."""
     h_wise, p = prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, direction)
-    _check_backend(backend, x)
-    if backend == "reference":
-        return susa_ref(x, *p, h_wise=h_wise)
-    return susa_op(x, *p, h_wise, backend)
+    return run_prepared(x, p, h_wise, backend)
 
 
 def susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w=None, ln_b=None, *, out, out_index,
@@ -227,8 +276,4 @@ def susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w=None, ln_b=N
         if lo < 0 or hi >= out.shape[1]:
             raise ValueError(f"susa_into: out_index values must lie in [0, {out.shape[1]}) (out's channels), got "
                              f"[{lo}, {hi}]")
-    if backend == "reference":
-        out[:, out_index.long()] = susa_ref(x, *p, h_wise=h_wise).to(out.dtype)
-        return out
-    susa_into_op(x, *p, h_wise, out, out_index.contiguous(), backend)
-    return out
+    return run_prepared(x, p, h_wise, backend, out, out_index.contiguous())
