@@ -2,7 +2,7 @@
 
 * CPU (issue 5's CPU target: C++ at least 3x faster than eager): batch 8, 40 channels at 64x48, for H-wise and
   W-wise SUSA (drop-in ``pyengine.nn.susa.*`` with backend="cpp" vs ``pyengine.models.susa.*``) and for the
-  sequential X-shuffle unit (40 channels in, its SUSAs on 20).
+  sequential and the parallel X-shuffle unit (40 channels in, their SUSAs on 20).
 * GPU (skipped without CUDA): batch 64 at the X-HRNet-18 branch sizes (20 @ 64x48, 40 @ 32x24, 80 @ 16x12,
   160 @ 8x6): eager, torch.compile of the eager module, Triton, CUDA.
 
@@ -44,7 +44,7 @@ def make(kind, c, backend):
 
 
 @pytest.mark.parametrize("impl", ["eager", "cpp"])
-@pytest.mark.parametrize("kind", ["HSUSA", "WSUSA", "SXShuffleUnit"])
+@pytest.mark.parametrize("kind", ["HSUSA", "WSUSA", "SXShuffleUnit", "PXShuffleUnit"])
 def test_susa_cpu(benchmark, kind, impl):
     n, c, h, w = CPU_SHAPE
     m = make(kind, c, impl)
