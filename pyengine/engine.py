@@ -102,7 +102,10 @@ def report(model) -> Report:
     for name, m in susa:
         impl = m.backend if m.backend != "auto" else ("triton" if device.type == "cuda" else "cpp")
         why = dispatch.WHY[impl] + ("; auto" if m.backend == "auto" else "")
-        rows.append(ReportRow(name or "(model)", SUSA_WHAT[type(m).__name__], f"susa={impl}", why))
+        kernels = f"susa={impl}"
+        if type(m).__name__.endswith("ShuffleUnit") and impl != "reference":  # the folded dwconv between the SUSAs
+            kernels += " dwconv3x3=" + ("cpp" if impl == "cpp" else "aten")
+        rows.append(ReportRow(name or "(model)", SUSA_WHAT[type(m).__name__], kernels, why))
     if not fused and not susa:
         why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
         rows.append(ReportRow("(whole model)", type(model).__name__, "reference", why))

@@ -107,6 +107,8 @@ def test_susa_family_through_the_engine(arch, cfg, backend):
     fast = pyengine.load(ref, backend=backend)
     assert type(fast) is engine.FUSED[arch]
     assert f"susa={backend}" in str(fast.report())
+    if arch.endswith("unit"):  # the folded depthwise conv between the SUSAs: ours on CPU, cuDNN's on CUDA
+        assert f"dwconv3x3={'cpp' if backend == 'cpp' else 'aten'}" in str(fast.report())
     x = torch.randn(3, next(iter(cfg.values())), 7, 5)
     with torch.no_grad():
         want, base, got = ref.double()(x.double()), ref.float()(x), fast(x)
