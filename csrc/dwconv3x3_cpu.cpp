@@ -33,6 +33,8 @@
 // fp32.
 #include <torch/extension.h>
 
+#include "half_rows.h"
+
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -271,6 +273,7 @@ void run_planes(const scalar_t* x, const float* weight, const float* bias, const
   const int64_t ldp = (W + 7) / 8 * 8 + 8;  // >= W rounded up to 8, plus 2: a ragged last strip reads inside
   const int64_t plane = H * ldp;
   constexpr bool is_f32 = std::is_same<scalar_t, float>::value;
+  constexpr bool is_f16 = std::is_same<scalar_t, c10::Half>::value;
   const bool direct_out = is_f32 && g.sow == 1 && !out_cl;  // write rows straight into out
   const bool direct_in = is_f32 && g.sxw == 1 && cb == 1;  // read planes of x in place
 #pragma omp parallel if (parallel_worth_it(g))
@@ -306,6 +309,8 @@ void run_planes(const scalar_t* x, const float* weight, const float* bias, const
             float* pr = pad.data() + c * plane + h * ldp + 1;
             if (is_f32 && g.sxw == 1)
               std::memcpy(pr, xr, static_cast<size_t>(W) * sizeof(float));
+            else if (is_f16 && g.sxw == 1)
+              half_row_to_float(reinterpret_cast<const c10::Half*>(xr), W, pr);
             else
               for (int64_t w = 0; w < W; ++w) pr[w] = static_cast<float>(xr[w * g.sxw]);
           }
@@ -328,7 +333,10 @@ void run_planes(const scalar_t* x, const float* weight, const float* bias, const
           for (int64_t h = 0; h < H; ++h) {
             scalar_t* orow = ob + c * g.soc + h * g.soh;
             const float* rr = res.data() + (c * H + h) * W;
-            for (int64_t w = 0; w < W; ++w) orow[w * g.sow] = static_cast<scalar_t>(rr[w]);
+            if (is_f16 && g.sow == 1)
+              float_row_to_half(rr, W, reinterpret_cast<c10::Half*>(orow));
+            else
+              for (int64_t w = 0; w < W; ++w) orow[w * g.sow] = static_cast<scalar_t>(rr[w]);
           }
       }
     }

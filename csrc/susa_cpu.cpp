@@ -16,6 +16,8 @@
 #include <omp.h>
 #include <torch/extension.h>
 
+#include "half_rows.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -216,6 +218,21 @@ struct Params {
 };
 
 // The three stages of one sample n; the buffers (a and the gate [C, Rp], a plane, q, z) belong to the caller.
+// fp16 rows with the gate applied (see half_rows.h for why _Float16 in an x86-64-v3 clone).
+PYENGINE_F16_CLONES void gate_plane_f16(const c10::Half* xp, int64_t sxh, c10::Half* op, int64_t soh, int64_t H,
+                                        int64_t W, const float* gate, bool h_wise) {
+  for (int64_t h = 0; h < H; ++h) {
+    const _Float16* __restrict xr = reinterpret_cast<const _Float16*>(xp + h * sxh);
+    _Float16* __restrict orow = reinterpret_cast<_Float16*>(op + h * soh);
+    if (h_wise) {
+      const float gh = gate[h];
+      for (int64_t w = 0; w < W; ++w) orow[w] = static_cast<_Float16>(static_cast<float>(xr[w]) * gh);
+    } else {
+      for (int64_t w = 0; w < W; ++w) orow[w] = static_cast<_Float16>(static_cast<float>(xr[w]) * gate[w]);
+    }
+  }
+}
+
 template <typename scalar_t>
 struct Sample {
   const scalar_t* x;
@@ -233,6 +250,14 @@ struct Sample {
     if (direct) {
       P = reinterpret_cast<const float*>(xp);
       ld = g.sxh;
+    } else if constexpr (std::is_same<scalar_t, c10::Half>::value) {
+      for (int64_t h = 0; h < g.H; ++h) {
+        if (g.sxw == 1) {
+          half_row_to_float(xp + h * g.sxh, g.W, plane + h * g.W);
+        } else {
+          for (int64_t w = 0; w < g.W; ++w) plane[h * g.W + w] = static_cast<float>(xp[h * g.sxh + w * g.sxw]);
+        }
+      }
     } else {
       for (int64_t h = 0; h < g.H; ++h)
         for (int64_t w = 0; w < g.W; ++w) plane[h * g.W + w] = static_cast<float>(xp[h * g.sxh + w * g.sxw]);
@@ -252,6 +277,12 @@ struct Sample {
       gate_plane_f32(reinterpret_cast<const float*>(xp), g.sxh, reinterpret_cast<float*>(op), g.soh, g.H, g.W, gate,
                      g.h_wise);
       return;
+    }
+    if constexpr (std::is_same<scalar_t, c10::Half>::value) {
+      if (g.sxw == 1 && g.sow == 1) {
+        gate_plane_f16(xp, g.sxh, op, g.soh, g.H, g.W, gate, g.h_wise);
+        return;
+      }
     }
     for (int64_t h = 0; h < g.H; ++h)
       for (int64_t w = 0; w < g.W; ++w)
