@@ -2,7 +2,8 @@
 
 * CPU (issue 5's CPU target: C++ at least 3x faster than eager): batch 8, 40 channels at 64x48, for H-wise and
   W-wise SUSA (drop-in ``pyengine.nn.susa.*`` with backend="cpp" vs ``pyengine.models.susa.*``) and for the
-  sequential and the parallel X-shuffle unit (40 channels in, their SUSAs on 20).
+  sequential and the parallel X-shuffle unit (40 channels in, their SUSAs on 20); fp32 (the target), fp16, bf16
+  and channels-last fp32.
 * GPU (skipped without CUDA): batch 64 at the X-HRNet-18 branch sizes (20 @ 64x48, 40 @ 32x24, 80 @ 16x12,
   160 @ 8x6): eager, torch.compile of the eager module, Triton, CUDA.
 
@@ -26,10 +27,10 @@ GPU_BATCH = 64
 ROTATION = 4  # distinct inputs per row (benchmarks/common.py)
 
 
-def extra(kind, impl, variant, n, c, h, w, module):
+def extra(kind, impl, variant, n, c, h, w, module, itemsize=4):
     """extra_info: report.py's keys (``bytes``: compulsory traffic, weights + input + output) and, for the SUSA
     modules, ``bytes_moved`` (the fused kernels' traffic, see the module docstring)."""
-    x = n * c * h * w * 4
+    x = n * c * h * w * itemsize
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
     info = {"impl": impl, "variant": variant, "dtype": "float32", "bytes": 2 * x + weights, "case": kind}
     if kind in ("HSUSA", "WSUSA"):
@@ -43,15 +44,25 @@ def make(kind, c, backend):
     return r if backend == "eager" else getattr(dn, kind).from_reference(r, backend=backend)
 
 
+CPU_VARIANTS = {"fp32": (torch.float32, False), "fp16": (torch.float16, False), "bf16": (torch.bfloat16, False),
+                "fp32-channels_last": (torch.float32, True)}
+
+
+@pytest.mark.parametrize("variant", list(CPU_VARIANTS))
 @pytest.mark.parametrize("impl", ["eager", "cpp"])
 @pytest.mark.parametrize("kind", ["HSUSA", "WSUSA", "SXShuffleUnit", "PXShuffleUnit"])
-def test_susa_cpu(benchmark, kind, impl):
+def test_susa_cpu(benchmark, kind, impl, variant):
     n, c, h, w = CPU_SHAPE
-    m = make(kind, c, impl)
-    inputs = [torch.randn(n, c, h, w) for _ in range(ROTATION)]
-    info = extra(kind, "eager" if impl == "eager" else "pyengine", "fp32" if impl == "eager" else impl, n, c, h, w, m)
-    out = time_rows(benchmark, m, inputs, group=f"susa cpu {kind} B{n}-C{c}-{h}x{w}", extra=info, device="cpu")
-    assert out.shape == inputs[0].shape
+    dtype, channels_last = CPU_VARIANTS[variant]
+    m = make(kind, c, impl).to(dtype)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    inputs = [torch.randn(n, c, h, w).to(dtype).contiguous(memory_format=fmt) for _ in range(ROTATION)]
+    label = impl + ("-channels_last" if channels_last else "")
+    info = extra(kind, "eager" if impl == "eager" else "pyengine", label, n, c, h, w, m, dtype.itemsize)
+    info["dtype"] = str(dtype).removeprefix("torch.")
+    out = time_rows(benchmark, m, inputs, group=f"susa cpu {kind} B{n}-C{c}-{h}x{w} {variant}", extra=info,
+                    device="cpu")
+    assert out.shape == inputs[0].shape and out.dtype == dtype
 
 
 @pytest.mark.parametrize("impl", ["eager", "compile", "triton", "cuda"])
