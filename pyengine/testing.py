@@ -41,3 +41,22 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     scale = e.abs().max().item()
     diff = (a - e).abs().max().item() if a.numel() else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def dispatched_ops(fn, *args, **kwargs):
+    """Run ``fn(*args, **kwargs)`` under a dispatch mode; returns ``(result, names of the ops the mode saw)``
+    (e.g. ``"pyengine.susa.default"``): how tests check which path a wrapper took."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log() as log:
+        result = fn(*args, **kwargs)
+    return result, log.ops

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from pyengine.backends import BackendUnavailableError, cpp_extension
 from pyengine.ops import dwconv3x3 as dwconv3x3_exported
 from pyengine.ops.dwconv3x3 import (dwconv3x3, dwconv3x3_op, dwconv3x3_ref, prepare_weights, run_prepared)
-from pyengine.testing import rel_error
+from pyengine.testing import dispatched_ops, rel_error
 
 FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -172,22 +172,10 @@ def test_no_autograd():
 
 def test_dispatch_modes_see_the_op():
     """Plain eager calls skip the custom-op dispatch; under a dispatch mode the registered op is what runs."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     x = torch.randn(1, 3, 4, 5)
     w, b = make_params(3)
-    with Log() as log:
-        y = dwconv3x3(x, w, b)
-    assert "pyengine.dwconv3x3.default" in log.ops
+    y, ops = dispatched_ops(dwconv3x3, x, w, b)
+    assert "pyengine.dwconv3x3.default" in ops
     assert torch.equal(y, dwconv3x3(x, w, b))
 
 

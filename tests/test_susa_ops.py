@@ -11,7 +11,7 @@ import torch
 from pyengine.backends import BackendUnavailableError
 from pyengine.models.susa import HSUSA, WSUSA
 from pyengine.ops.susa import shuffle_index, susa, susa_into, susa_into_op, susa_op
-from pyengine.testing import randomize_, rel_error
+from pyengine.testing import dispatched_ops, randomize_, rel_error
 
 FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 CUDA = torch.cuda.is_available()
@@ -244,26 +244,15 @@ def test_torch_compile_and_export():
 def test_eager_calls_skip_the_dispatch_but_modes_and_the_profiler_see_the_ops():
     """Plain eager calls run the C++ implementation directly (pyengine/ops/_direct.py); under a dispatch mode
     and under the profiler the registered ops run, with bit-identical results."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Log(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.ops = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     _, params = module_and_params("h", 6, True, torch.float32, seed=11)
     x = torch.randn(2, 6, 5, 4)
     index = shuffle_index(12, 2, offset=0, count=6)
     direct = susa(x, *params, direction="h")
     direct_into = susa_into(x, *params, out=torch.zeros(2, 12, 5, 4), out_index=index, direction="h")
-    with Log() as log:
-        traced = susa(x, *params, direction="h")
-        traced_into = susa_into(x, *params, out=torch.zeros(2, 12, 5, 4), out_index=index, direction="h")
-    assert "pyengine.susa.default" in log.ops and "pyengine.susa_into.default" in log.ops
+    traced, ops = dispatched_ops(susa, x, *params, direction="h")
+    traced_into, ops_into = dispatched_ops(susa_into, x, *params, out=torch.zeros(2, 12, 5, 4), out_index=index,
+                                           direction="h")
+    assert "pyengine.susa.default" in ops and "pyengine.susa_into.default" in ops_into
     assert torch.equal(direct, traced) and torch.equal(direct_into, traced_into)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         susa(x, *params, direction="h")

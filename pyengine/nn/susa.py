@@ -208,21 +208,28 @@ def _unit_from_reference(cls, reference, module, backend):
     return _finish(new, module)
 
 
-def _unit_prologue(unit, x):
-    """Checks shared by both units; returns x in the parameters' dtype, the output and its passthrough half."""
-    what = type(unit).__name__
-    if unit.training:
-        raise RuntimeError(f"{what}: the fused unit folds BatchNorm's running statistics into the depthwise conv "
-                           f"and is inference-only; call .eval() (or use backend='reference' to train)")
-    x = x.to(unit.branch2[1].conv.weight.dtype)
-    out = new_output(x, unit.in_channels)
-    bf = unit.branch_features
-    # concat(x1, branch2(x2)) shuffled with 2 groups: x1's channel j goes to 2j, branch2's channel j to 2j + 1.
-    out[:, 0::2].copy_(x[:, :bf])
-    return x, out, x.narrow(1, bf, bf)
+class _FusedUnit:
+    """The forward shared by both units: checks, the passthrough half, then the subclass's fused ``_branch2``."""
+
+    def forward(self, x):
+        what = type(self).__name__
+        ref._check_input(x, what, self.in_channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
+        backend = _resolve(self.backend, x)
+        if backend == "reference":
+            return super().forward(x)
+        if self.training:
+            raise RuntimeError(f"{what}: the fused unit folds BatchNorm's running statistics into the depthwise "
+                               f"conv and is inference-only; call .eval() (or use backend='reference' to train)")
+        x = x.to(self.branch2[1].conv.weight.dtype)
+        out = new_output(x, self.in_channels)
+        bf = self.branch_features
+        # concat(x1, branch2(x2)) shuffled with 2 groups: x1's channel j goes to 2j, branch2's channel j to 2j + 1.
+        out[:, 0::2].copy_(x[:, :bf])
+        self._branch2(x.narrow(1, bf, bf), out, backend)
+        return out
 
 
-class SXShuffleUnit(ref.SXShuffleUnit):
+class SXShuffleUnit(_FusedUnit, ref.SXShuffleUnit):
     """Sequential X-shuffle unit on the fused kernels: W-SUSA (reads the second half of x in place) -> folded
     dw3x3 conv + BN -> H-SUSA written straight to the odd channels of the output; the first half is copied to the
     even channels. ``SXShuffleUnit(in_channels, out_channels, stride=1, backend="auto")``; inference only."""
@@ -232,23 +239,17 @@ class SXShuffleUnit(ref.SXShuffleUnit):
         self.backend = _check_backend(backend, type(self).__name__)
         self.register_buffer("out_index", shuffle_index(self.branch_features, 1, scale=2, base=1), persistent=False)
 
-    def forward(self, x):
-        ref._check_input(x, type(self).__name__, self.in_channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
-        backend = _resolve(self.backend, x)
-        if backend == "reference":
-            return super().forward(x)
-        x, out, x2 = _unit_prologue(self, x)
+    def _branch2(self, x2, out, backend):
         t = _run(self, "branch2.0", self.branch2[0], x2, "w", backend)
         t = _folded_dwconv(self, t, self.branch2[1], backend)
         _run(self, "branch2.2", self.branch2[2], t, "h", backend, out, self.out_index)
-        return out
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):
         return _unit_from_reference(cls, ref.SXShuffleUnit, module, backend)
 
 
-class PXShuffleUnit(ref.PXShuffleUnit):
+class PXShuffleUnit(_FusedUnit, ref.PXShuffleUnit):
     """Parallel X-shuffle unit on the fused kernels: HW-SUSA (reads the second half of x in place, writes its
     shuffled halves) -> folded dw3x3 conv + BN -> HW-SUSA written straight to the odd channels of the output
     (its own shuffle composed with the unit's); the first half is copied to the even channels.
@@ -263,17 +264,11 @@ class PXShuffleUnit(ref.PXShuffleUnit):
         for name, t in zip(("first_h_index", "first_w_index", "last_h_index", "last_w_index"), first + last):
             self.register_buffer(name, t, persistent=False)
 
-    def forward(self, x):
-        ref._check_input(x, type(self).__name__, self.in_channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
-        backend = _resolve(self.backend, x)
-        if backend == "reference":
-            return super().forward(x)
-        x, out, x2 = _unit_prologue(self, x)
+    def _branch2(self, x2, out, backend):
         t = new_output(x2, self.branch_features)
         _hw_write(self, "branch2.0", self.branch2[0], x2, t, self.first_h_index, self.first_w_index, backend)
         t = _folded_dwconv(self, t, self.branch2[1], backend)
         _hw_write(self, "branch2.2", self.branch2[2], t, out, self.last_h_index, self.last_w_index, backend)
-        return out
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):
