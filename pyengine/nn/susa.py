@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from ..backends import BackendUnavailableError
 from ..models import susa as ref
 from ..ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
-from ..ops.susa import check_input, new_output, prepare_params, run_prepared, shuffle_index
+from ..ops._nchw import new_output
+from ..ops.susa import check_input, prepare_params, run_prepared, shuffle_index
 
 __all__ = ["HSUSA", "WSUSA", "HWSUSA", "SXShuffleUnit", "PXShuffleUnit"]
 

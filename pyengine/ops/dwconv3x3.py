@@ -34,20 +34,10 @@ import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError, cpp_extension
 from ._direct import direct_call_ok
+from ._nchw import check_nchw, new_output
 
 IMPLS = ("cpp",)
 BACKENDS = ("cpp", "reference")
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _channels_last(t: torch.Tensor) -> bool:
-    # channels_last, or a channel slice of a channels-last tensor (as pyengine.ops.susa decides it)
-    return t.stride(1) < t.stride(3) and not t.is_contiguous()
-
-
-def _new_output(x: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor like x in x's memory format (channels-last stays channels-last)."""
-    return torch.empty_like(x, memory_format=torch.channels_last if _channels_last(x) else torch.contiguous_format)
 
 
 _ext = None
@@ -57,7 +47,7 @@ def _run_cpp(x, weight, bias):
     global _ext
     if _ext is None:
         _ext = cpp_extension()
-    out = _new_output(x)
+    out = new_output(x, x.shape[1])
     _ext.dwconv3x3_cpu(x, weight, bias, out)
     return out
 
@@ -78,7 +68,7 @@ def dwconv3x3_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, impl
 
 @dwconv3x3_op.register_fake
 def _(x, weight, bias, impl):
-    return _new_output(x)
+    return new_output(x, x.shape[1])
 
 
 def dwconv3x3_ref(x, weight, bias):
@@ -90,18 +80,6 @@ def dwconv3x3_ref(x, weight, bias):
 # ---------------------------------------------------------------------------------------------------------------
 # Validation and the public wrappers
 # ---------------------------------------------------------------------------------------------------------------
-
-def check_input(x):
-    """Validate x: a 4-D float32 / float16 / bfloat16 tensor with N, C, H, W >= 1."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"dwconv3x3: x must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"dwconv3x3: x must be 4-D [N, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"dwconv3x3: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if min(x.shape) < 1:
-        raise ValueError(f"dwconv3x3: x must have N, C, H, W >= 1, got shape {list(x.shape)}")
-
 
 def prepare_weights(weight, bias, channels):
     """Validate the parameters of a depthwise 3x3 conv over ``channels`` channels and return them as the op takes
@@ -142,7 +120,7 @@ def run_prepared(x, w9, b, backend="cpp"):
     """The op on ``x`` with parameters from :func:`prepare_weights` (``w9 [C, 9]``, ``b [C]`` fp32 contiguous).
     Validates x, that the parameters match its channels and device, and ``backend`` ("cpp" or "reference");
     returns ``[N, C, H, W]`` in x's dtype and memory format."""
-    check_input(x)
+    check_nchw(x, "dwconv3x3")
     if w9.shape[0] != x.shape[1]:
         raise ValueError(f"dwconv3x3: the prepared weight is for C={w9.shape[0]} channels, x has C={x.shape[1]}")
     return _dispatch(x, w9, b, backend)
@@ -166,6 +144,6 @@ def dwconv3x3(x, weight, bias, *, backend="cpp"):
     """``F.conv2d(x, weight, bias, padding=1, groups=C)`` for a depthwise 3x3 ``weight`` (``[C, 1, 3, 3]``,
     ``[C, 9]`` or ``[C, 3, 3]``) and ``bias [C]``, computed by ``backend``: ``"cpp"`` (the C++ op, CPU tensors) or
     ``"reference"`` (``F.conv2d``). Returns ``[N, C, H, W]`` in x's dtype and memory format. Inference only."""
-    check_input(x)
+    check_nchw(x, "dwconv3x3")
     w9, b = prepare_weights(weight, bias, x.shape[1])
     return _dispatch(x, w9, b, backend)

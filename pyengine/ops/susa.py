@@ -30,28 +30,14 @@ import torch
 
 from ..backends import BackendUnavailableError, cpp_extension
 from ._direct import direct_call_ok
+from ._nchw import check_nchw, new_output
 
 IMPLS = ("triton", "cpp", "cuda")
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LN_EPS = 1e-5
 # Stored lengths of the published group_weight vectors (SPEC.md §3): the largest H (H-wise) / W (W-wise).
 MAX_H = 96
 MAX_W = 72
 MAX_PLANE = 96  # the other axis (W of H-wise, H of W-wise): the kernels' plane tile is at most 128 x 128
-
-
-def _channels_last(t: torch.Tensor) -> bool:
-    # channels_last (as the reference modules decide it), or a channel slice of a channels-last tensor
-    return t.stride(1) < t.stride(3) and not t.is_contiguous()
-
-
-def new_output(x: torch.Tensor, channels: int, channels_last: Optional[bool] = None) -> torch.Tensor:
-    """An uninitialised ``[N, channels, H, W]`` tensor in x's memory format (channels-last stays channels-last),
-    or channels-last exactly when ``channels_last`` says so."""
-    n, _, h, w = x.shape
-    channels_last = _channels_last(x) if channels_last is None else channels_last
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
 def shuffle_index(channels: int, groups: int, offset: int = 0, count: Optional[int] = None,
@@ -65,7 +51,8 @@ def shuffle_index(channels: int, groups: int, offset: int = 0, count: Optional[i
     k = torch.arange(offset, offset + count, dtype=torch.int64)
     per_group = channels // groups
     out = (k % per_group) * groups + k // per_group
-    return (base + scale * out).to(torch.int32).to(device) if device is not None else (base + scale * out).to(torch.int32)
+    index = (base + scale * out).to(torch.int32)
+    return index if device is None else index.to(device)
 
 
 def _run(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, out_index, impl):
@@ -85,15 +72,20 @@ def _run(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, ou
         raise BackendUnavailableError(f"pyengine::susa: impl={impl!r} is not available (available: {IMPLS})")
 
 
+def _run_new(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, impl):
+    """:func:`_run` into a new ``[N, C, H, W]`` tensor in x's memory format (the body of ``pyengine::susa``)."""
+    out = new_output(x, x.shape[1])
+    index = torch.arange(x.shape[1], dtype=torch.int32, device=x.device)
+    _run(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, index, impl)
+    return out
+
+
 @torch.library.custom_op("pyengine::susa", mutates_args=())
 def susa_op(x: torch.Tensor, group_weight: torch.Tensor, mean_w: torch.Tensor, mean_b: torch.Tensor,
             conv_w: torch.Tensor, conv_b: torch.Tensor, ln_w: Optional[torch.Tensor], ln_b: Optional[torch.Tensor],
             h_wise: bool, impl: str) -> torch.Tensor:
     """Raw op (arguments already validated by :func:`susa`): params fp32 contiguous, ``conv_w [C, C]``."""
-    out = new_output(x, x.shape[1])
-    index = torch.arange(x.shape[1], dtype=torch.int32, device=x.device)
-    _run(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, index, impl)
-    return out
+    return _run_new(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, impl)
 
 
 @susa_op.register_fake
@@ -150,15 +142,8 @@ def check_input(x, group_weight, direction):
     if direction not in ("h", "w"):
         raise ValueError(f"susa: direction must be 'h' (a gate per row) or 'w' (a gate per column), got {direction!r}")
     h_wise = direction == "h"
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"susa: x must be a torch.Tensor [N, C, H, W], got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"susa: x must be 4-D [N, C, H, W], got {x.dim()}-D shape {list(x.shape)}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"susa: x must be float32, float16 or bfloat16, got {x.dtype}")
-    n, c, h, w = x.shape
-    if min(n, c, h, w) < 1:
-        raise ValueError(f"susa: x must have N, C, H, W >= 1, got shape {list(x.shape)}")
+    check_nchw(x, "susa")
+    h, w = x.shape[2:]
     if h_wise and h > MAX_H:
         raise ValueError(f"susa: x height H={h} exceeds the limit H <= {MAX_H} for H-wise SUSA (length of the "
                          f"stored group_weight)")
@@ -202,11 +187,10 @@ def _check_param_device(params, x):
 
 
 def prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, direction):
-    """Validate every argument (clear errors) and return ``(h_wise, params)``, params fp32 contiguous."""
+    """Validate x and the parameters (clear errors) and return ``(h_wise, params)``, params fp32 contiguous; the
+    parameters' device is checked against x's by :func:`run_prepared`."""
     h_wise = check_input(x, group_weight, direction)
-    params = prepare_params(x.shape[1], group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b)
-    _check_param_device(params, x)
-    return h_wise, params
+    return h_wise, prepare_params(x.shape[1], group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b)
 
 
 def run_prepared(x, params, h_wise, backend, out=None, out_index=None):
@@ -227,10 +211,8 @@ def run_prepared(x, params, h_wise, backend, out=None, out_index=None):
         return out
     # A plain eager call: the same implementation without the custom-op dispatch (pyengine/ops/_direct.py).
     if out is None:
-        out = new_output(x, x.shape[1])
-        out_index = torch.arange(x.shape[1], dtype=torch.int32, device=x.device)
-    else:
-        torch.autograd.graph.increment_version(out)  # what the registered mutating op does for out
+        return _run_new(x, *params, h_wise, backend)
+    torch.autograd.graph.increment_version(out)  # what the registered mutating op does for out
     _run(x, *params, h_wise, out, out_index, backend)
     return out
 
