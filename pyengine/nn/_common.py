@@ -40,14 +40,20 @@ class Fused(nn.Module):
         e.g. ``load_state_dict`` or an optimizer step)."""
         if torch.is_grad_enabled() and any(s.requires_grad for s in sources):
             return build()
-        cache = self.__dict__.setdefault("_weight_cache", {})
-        key = tuple((s.data_ptr(), s._version, s.dtype, s.device) for s in sources)
-        hit = cache.get(name)
-        if hit is None or hit[0] != key:
-            with torch.no_grad():
-                hit = (key, build())
-            cache[name] = hit
-        return hit[1]
+        return version_cached(self, name, sources, build)
+
+
+def version_cached(owner: nn.Module, name: str, sources, build):
+    """``build()`` run under no_grad and kept on ``owner`` as ``name``, rebuilt when any source changes: a tensor's
+    data pointer, ``_version`` (in-place updates), dtype or device, or a non-tensor source's value (e.g. an eps)."""
+    cache = owner.__dict__.setdefault("_weight_cache", {})
+    key = tuple((s.data_ptr(), s._version, s.dtype, s.device) if isinstance(s, torch.Tensor) else s
+                for s in sources)
+    hit = cache.get(name)
+    if hit is None or hit[0] != key:
+        with torch.no_grad():
+            hit = cache[name] = (key, build())
+    return hit[1]
 
 
 def fuse_children(parent, mapping):

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError
 from ..models import susa as ref
-from ..ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from ..ops._nchw import new_output
+from ..ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from ..ops.susa import check_input, prepare_params, run_prepared, shuffle_index
+from ._common import version_cached
 
 __all__ = ["HSUSA", "WSUSA", "HWSUSA", "SXShuffleUnit", "PXShuffleUnit"]
 
@@ -50,19 +51,18 @@ def _params(m):
             ln_w, ln_b)
 
 
+def _cached(owner, name, sources, build):
+    """``build()`` cached on the drop-in ``owner`` per version of its sources (``version_cached``), so a call does
+    not redo the parameter conversions; under torch.compile the conversions are traced into the graph instead."""
+    if torch.compiler.is_compiling():
+        return build()
+    return version_cached(owner, name, sources, build)
+
+
 def _prepared(owner, name, m):
-    """The fused-op parameters of H/W-SUSA ``m`` (fp32, contiguous), cached on the drop-in ``owner`` and rebuilt
-    only when a source tensor changes (``Tensor._version`` counts in-place updates such as ``load_state_dict``),
-    so a call does not pay for seven conversions."""
+    """The fused-op parameters of H/W-SUSA ``m`` (fp32, contiguous), cached on ``owner``."""
     src = _params(m)
-    if torch.compiler.is_compiling():  # traced: the conversions become part of the graph
-        return prepare_params(m.channels, *src)
-    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in src)
-    cache = owner.__dict__.setdefault("_susa_param_cache", {})
-    hit = cache.get(name)
-    if hit is None or hit[0] != key:
-        hit = cache[name] = (key, prepare_params(m.channels, *src))
-    return hit[1]
+    return _cached(owner, name, src, lambda: prepare_params(m.channels, *src))
 
 
 def _run(owner, name, m, x, direction, backend, out=None, out_index=None):
@@ -83,17 +83,8 @@ def _folded_dwconv(owner, x, m, backend):
     """3x3 depthwise conv + BatchNorm of ``m`` (``branch2[1]`` of a unit) on x: the C++ ``pyengine::dwconv3x3`` for
     backend "cpp", ATen's ``F.conv2d`` (cuDNN) on CUDA. The fold is cached per parameter version, like the SUSA
     parameters."""
-    sources = (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean, m.bn.running_var)
-    if torch.compiler.is_compiling():
-        weight, bias = _fold(m)
-    else:
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources) + (m.bn.eps,)
-        cache = owner.__dict__.setdefault("_susa_param_cache", {})
-        hit = cache.get("branch2.1")
-        if hit is None or hit[0] != key:
-            with torch.no_grad():
-                hit = cache["branch2.1"] = (key, _fold(m))
-        weight, bias = hit[1]
+    sources = (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean, m.bn.running_var, m.bn.eps)
+    weight, bias = _cached(owner, "branch2.1", sources, lambda: _fold(m))
     if backend == "cpp":
         return dwconv3x3_prepared(x, weight, bias, "cpp")
     c = x.shape[1]
