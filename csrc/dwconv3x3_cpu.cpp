@@ -33,37 +33,18 @@
 // fp32.
 #include <torch/extension.h>
 
-#include "half_rows.h"
+#include "cpu_vec.h"
 
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
-// The vector helpers below return 32-byte vectors; they are always inlined into the target_clones functions, so the
-// ABI note GCC gives for such returns without AVX does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace {
-
-#define PYENGINE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#define PYENGINE_INLINE inline __attribute__((always_inline))
 
 constexpr int64_t kMinParallelWork = 1 << 15;  // below this many outputs one thread beats the fork/join cost
 constexpr int64_t kChannelBlock = 8;           // channels per plane-path task when channels are the innermost axis
 constexpr int64_t kBandRows = 16;              // rows per channels-last task
-
-// An 8-float vector (GCC/Clang vector extension): one AVX2 register, two SSE registers in the baseline clone; a
-// 4-float one for the channels-last path's last channels.
-typedef float v8f __attribute__((vector_size(32)));
-typedef float v4f __attribute__((vector_size(16)));
-
-template <typename V>
-PYENGINE_INLINE V loadv(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);  // unaligned load
-  return v;
-}
 
 // Taps of one kernel row (k[0..2]) on the left / centre / right inputs of one row.
 template <typename V>

@@ -1,8 +1,9 @@
 // Fused SUSA on the CPU (OpenMP): the C++ implementation of pyengine::susa / pyengine::susa_into (SPEC.md §3).
 //
-// One sample at a time, all threads on it, so the sample's x (40 ch @ 64x48 fp32: 480 KiB) is still in each
-// thread's L2 cache when the gating pass reads it again (static schedules give a thread the same channels in
-// stage 1 and stage 3):
+// Work split: whole samples per thread when the batch divides over the threads (no synchronisation), else all
+// threads on one sample at a time (channels / row blocks, static schedules giving a thread the same channels in
+// stages 1 and 3). Either way a sample's x (40 ch @ 64x48 fp32: 480 KiB) is still in the L2 cache when the gating
+// pass reads it again. Per sample:
 //   stage 1, per channel c: on the [H, W] plane (x itself when fp32 with unit column stride, else a float copy),
 //            q = softmax_s(mean_w[c] * sum_r x[r, s] g[r] / R + mean_b[c]), a[c, r] = sum_s x[r, s] q[s]
 //            (H-wise r = h, s = w; W-wise r = w, s = h);
@@ -10,13 +11,12 @@
 //            vectorised across the block's rows;
 //   stage 3, per channel c (per row h for channels-last): out[n, out_index[c], h, w] = x * gate (second read of x,
 //            the single write of out).
-// Every inner loop runs along a contiguous axis (rows of the plane, or the rows r of a/z), so the compiler
-// vectorises them without -ffast-math; target_clones builds AVX-512 / AVX2 / baseline variants and picks one at
-// load time (-ffp-contract=off in setup.py: all variants round alike). All arithmetic is fp32.
+// Every inner loop runs along a contiguous axis (rows of the plane, or the rows r of a/z) in 8-float vectors;
+// csrc/cpu_vec.h has the multiversioning (target_clones) and the vector types. All arithmetic is fp32.
 #include <omp.h>
 #include <torch/extension.h>
 
-#include "half_rows.h"
+#include "cpu_vec.h"
 
 #include <algorithm>
 #include <cmath>
@@ -26,10 +26,7 @@
 
 namespace {
 
-#define PYENGINE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
-constexpr int64_t kLanes = 8;      // independent partial sums of a dot product (one AVX2 vector, fixed order)
-constexpr int64_t kRowBlock = 16;  // rows r per stage-2 task (a multiple of 8) (a and the gate are stored with R padded to it)
+constexpr int64_t kRowBlock = 16;  // rows r per stage-2 task, a multiple of 8 (a and the gate have R padded to it)
 constexpr int64_t kMinParallelWork = 1 << 15;  // below this many elements one thread beats the fork/join cost
 
 struct Geometry {
@@ -38,15 +35,6 @@ struct Geometry {
   int64_t son, soc, soh, sow;  // out strides
   bool h_wise;
 };
-
-// An 8-float vector (GCC/Clang vector extension): one AVX2 register, two SSE registers in the baseline clone.
-typedef float v8f __attribute__((vector_size(32)));
-
-inline v8f load8(const float* p) {
-  v8f v;
-  std::memcpy(&v, p, sizeof v);  // unaligned load
-  return v;
-}
 
 inline float sum8(v8f v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
 
@@ -60,11 +48,11 @@ PYENGINE_CLONES void dot_rows(const float* __restrict P, int64_t ld, int64_t m, 
     const float* p0 = P + i * ld;
     v8f s0 = {}, s1 = {}, s2 = {}, s3 = {};
     for (int64_t k = 0; k < n8; k += 8) {
-      const v8f vk = load8(v + k);
-      s0 += load8(p0 + k) * vk;
-      s1 += load8(p0 + ld + k) * vk;
-      s2 += load8(p0 + 2 * ld + k) * vk;
-      s3 += load8(p0 + 3 * ld + k) * vk;
+      const v8f vk = loadv<v8f>(v + k);
+      s0 += loadv<v8f>(p0 + k) * vk;
+      s1 += loadv<v8f>(p0 + ld + k) * vk;
+      s2 += loadv<v8f>(p0 + 2 * ld + k) * vk;
+      s3 += loadv<v8f>(p0 + 3 * ld + k) * vk;
     }
     float t0 = sum8(s0), t1 = sum8(s1), t2 = sum8(s2), t3 = sum8(s3);
     for (int64_t k = n8; k < n; ++k) {
@@ -78,7 +66,7 @@ PYENGINE_CLONES void dot_rows(const float* __restrict P, int64_t ld, int64_t m, 
   for (; i < m; ++i) {
     const float* pi = P + i * ld;
     v8f s = {};
-    for (int64_t k = 0; k < n8; k += 8) s += load8(pi + k) * load8(v + k);
+    for (int64_t k = 0; k < n8; k += 8) s += loadv<v8f>(pi + k) * loadv<v8f>(v + k);
     float t = sum8(s);
     for (int64_t k = n8; k < n; ++k) t += pi[k] * v[k];
     out[i] = t;
@@ -133,7 +121,7 @@ PYENGINE_CLONES void softmax_affine(float* q, int64_t n, float scale, float shif
   }
   const int64_t n8 = n / 8 * 8;
   for (int64_t i = 0; i < n8; i += 8) {
-    const v8f e = exp8(load8(q + i) - qmax);
+    const v8f e = exp8(loadv<v8f>(q + i) - qmax);
     std::memcpy(q + i, &e, sizeof e);
   }
   for (int64_t i = n8; i < n; ++i) q[i] = exp1(q[i] - qmax);
@@ -188,7 +176,7 @@ PYENGINE_CLONES void gate_rows(const float* __restrict A, int64_t C, int64_t Rp,
       float* zd = z + d * kRowBlock;
       for (int64_t j = 0; j < kRowBlock; ++j) zd[j] = -((zd[j] - mu[j]) * var[j] * lw[d] + lb[d]);
       for (int64_t j = 0; j < kRowBlock; j += 8) {  // sigmoid
-        const v8f e = 1.0f / (1.0f + exp8(load8(zd + j)));
+        const v8f e = 1.0f / (1.0f + exp8(loadv<v8f>(zd + j)));
         std::memcpy(zd + j, &e, sizeof e);
       }
     }
@@ -197,19 +185,31 @@ PYENGINE_CLONES void gate_rows(const float* __restrict A, int64_t C, int64_t Rp,
     for (int64_t j = 0; j < kRowBlock; ++j) G[d * Rp + r0 + j] = z[d * kRowBlock + j];
 }
 
-// Stage 3 on contiguous fp32 rows (vectorised): out row = x row * (gate[h] for H-wise, gate[w] for W-wise).
-PYENGINE_CLONES void gate_plane_f32(const float* xp, int64_t sxh, float* op, int64_t soh, int64_t H, int64_t W,
-                                    const float* gate, bool h_wise) {
+// Stage 3 on rows with unit column stride: out row = x row * (gate[h] for H-wise, gate[w] for W-wise), in fp32.
+// T is float or _Float16; the two clones below vectorise it (fp16 through F16C, see cpu_vec.h).
+template <typename T>
+PYENGINE_INLINE void gate_plane(const T* xp, int64_t sxh, T* op, int64_t soh, int64_t H, int64_t W,
+                                const float* gate, bool h_wise) {
   for (int64_t h = 0; h < H; ++h) {
-    const float* xr = xp + h * sxh;
-    float* orow = op + h * soh;
+    const T* __restrict xr = xp + h * sxh;
+    T* __restrict orow = op + h * soh;
     if (h_wise) {
       const float gh = gate[h];
-      for (int64_t w = 0; w < W; ++w) orow[w] = xr[w] * gh;
+      for (int64_t w = 0; w < W; ++w) orow[w] = static_cast<T>(static_cast<float>(xr[w]) * gh);
     } else {
-      for (int64_t w = 0; w < W; ++w) orow[w] = xr[w] * gate[w];
+      for (int64_t w = 0; w < W; ++w) orow[w] = static_cast<T>(static_cast<float>(xr[w]) * gate[w]);
     }
   }
+}
+
+PYENGINE_CLONES void gate_plane_f32(const float* xp, int64_t sxh, float* op, int64_t soh, int64_t H, int64_t W,
+                                    const float* gate, bool h_wise) {
+  gate_plane(xp, sxh, op, soh, H, W, gate, h_wise);
+}
+
+PYENGINE_F16_CLONES void gate_plane_f16(const c10::Half* xp, int64_t sxh, c10::Half* op, int64_t soh, int64_t H,
+                                        int64_t W, const float* gate, bool h_wise) {
+  gate_plane(reinterpret_cast<const _Float16*>(xp), sxh, reinterpret_cast<_Float16*>(op), soh, H, W, gate, h_wise);
 }
 
 struct Params {
@@ -218,28 +218,13 @@ struct Params {
 };
 
 // The three stages of one sample n; the buffers (a and the gate [C, Rp], a plane, q, z) belong to the caller.
-// fp16 rows with the gate applied (see half_rows.h for why _Float16 in an x86-64-v3 clone).
-PYENGINE_F16_CLONES void gate_plane_f16(const c10::Half* xp, int64_t sxh, c10::Half* op, int64_t soh, int64_t H,
-                                        int64_t W, const float* gate, bool h_wise) {
-  for (int64_t h = 0; h < H; ++h) {
-    const _Float16* __restrict xr = reinterpret_cast<const _Float16*>(xp + h * sxh);
-    _Float16* __restrict orow = reinterpret_cast<_Float16*>(op + h * soh);
-    if (h_wise) {
-      const float gh = gate[h];
-      for (int64_t w = 0; w < W; ++w) orow[w] = static_cast<_Float16>(static_cast<float>(xr[w]) * gh);
-    } else {
-      for (int64_t w = 0; w < W; ++w) orow[w] = static_cast<_Float16>(static_cast<float>(xr[w]) * gate[w]);
-    }
-  }
-}
-
 template <typename scalar_t>
 struct Sample {
   const scalar_t* x;
   scalar_t* out;
   const Geometry& g;
   const Params& p;
-  int64_t R, Rp;
+  int64_t Rp;
   bool direct;     // x planes are float rows already: read in place
   bool fp32_rows;  // x and out have unit column stride and are float: vectorised gating
 
@@ -308,7 +293,7 @@ void susa_run(const scalar_t* x, const Geometry& g, const Params& p, bool channe
   const int64_t R = g.h_wise ? H : W;
   const int64_t Rp = (R + kRowBlock - 1) / kRowBlock * kRowBlock;
   const bool is_f32 = std::is_same<scalar_t, float>::value;
-  const Sample<scalar_t> s{x, out, g, p, R, Rp, is_f32 && g.sxw == 1, is_f32 && g.sxw == 1 && g.sow == 1};
+  const Sample<scalar_t> s{x, out, g, p, Rp, is_f32 && g.sxw == 1, is_f32 && g.sxw == 1 && g.sow == 1};
   const bool parallel = N * C * H * W >= kMinParallelWork;
   const int64_t threads = parallel ? omp_get_max_threads() : 1;
   if (N % threads == 0 || N >= 4 * threads) {

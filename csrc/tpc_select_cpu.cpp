@@ -12,6 +12,8 @@
 // the selection equals the reference's wherever the scores are not within rounding of each other.
 #include <torch/extension.h>
 
+#include "cpu_vec.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -69,8 +71,6 @@ inline void squared_distance4_impl(const scalar_t* a, const scalar_t* b, int64_t
     out[p] = acc;
   }
 }
-
-#define PYENGINE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 PYENGINE_CLONES double squared_distance(const float* a, const float* b, int64_t C) {
   return squared_distance_impl(a, b, C);

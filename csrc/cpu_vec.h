@@ -1,0 +1,50 @@
+// What the C++ CPU kernels share: function multiversioning, 8- and 4-float vectors, and fast fp16 rows.
+//
+// target_clones builds AVX-512 / AVX2 / baseline variants of a function and picks one at load time; with
+// -ffp-contract=off (setup.py) all variants round alike. The vectors are the GCC/Clang vector extension: a v8f is
+// one AVX2 register (two SSE registers in the baseline clone).
+#pragma once
+
+#include <c10/util/Half.h>
+
+#include <cstdint>
+#include <cstring>
+
+// The vector helpers return 32-byte vectors; they are always inlined into the target_clones functions, so the ABI
+// note GCC gives for such returns without AVX does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define PYENGINE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// fp16 rows: x86-64-v3 brings F16C (see half_row_to_float).
+#define PYENGINE_F16_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define PYENGINE_INLINE inline __attribute__((always_inline))
+
+namespace {
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+template <typename V>
+PYENGINE_INLINE V loadv(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);  // unaligned load
+  return v;
+}
+
+// fp16 rows <-> fp32 rows. c10::Half's scalar conversions are bit manipulation (about 10x slower than the kernels
+// around them); _Float16 in an x86-64-v3 clone compiles to F16C's vcvtph2ps / vcvtps2ph, 8 values at a time, with
+// the same round-to-nearest-even as c10::Half, so results are bit-identical. The baseline clone calls libgcc's
+// conversions. Each translation unit gets its own (internal) copies.
+[[maybe_unused]] PYENGINE_F16_CLONES void half_row_to_float(const c10::Half* __restrict src, int64_t n,
+                                                            float* __restrict dst) {
+  const _Float16* s = reinterpret_cast<const _Float16*>(src);
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+}
+
+[[maybe_unused]] PYENGINE_F16_CLONES void float_row_to_half(const float* __restrict src, int64_t n,
+                                                            c10::Half* __restrict dst) {
+  _Float16* d = reinterpret_cast<_Float16*>(dst);
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<_Float16>(src[i]);
+}
+
+}  // namespace
