@@ -107,7 +107,9 @@ inline v8f exp8(v8f x) {
   p = p * r + 5.0000001201e-1f;
   p = (p * (r * r) + r) + 1.0f;
   const v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-  return p * reinterpret_cast<const v8f&>(bits);
+  v8f scale;  // 2^n: the bits as floats (memcpy, not a reinterpret_cast: that breaks strict aliasing)
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
 }
 
 inline float exp1(float x) { return exp8(v8f{x})[0]; }  // the same arithmetic, one lane
