@@ -155,12 +155,16 @@ class MHFormer(nn.Module):
             setattr(self, f"Transformer_encoder_{k}",
                     MHGEncoder(mhg_depth, frames, frames * 2, mhg_heads, length=2 * n_joints))
 
-    def _forward(self, x, index=None):
+    def _check_inputs(self, x, index):
+        """Clear errors for a bad pose tensor or given TPC index (shared with the fused subclass)."""
         check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.norm_1.weight.device)
+        if index is not None:
+            check_index(index, x.shape[0], self.token_num, self.frames)
+
+    def _forward(self, x, index=None):
+        self._check_inputs(x, index)
         in_dtype = x.dtype
         B, F, J, _ = x.shape
-        if index is not None:
-            check_index(index, B, self.token_num, self.frames)
         # One token per (joint, coordinate) pair, token index 2*j + c; the token width is F.
         x = x.to(self.norm_1.weight.dtype).reshape(B, F, 2 * J).transpose(1, 2)
         x_1 = x + self.Transformer_encoder_1(self.norm_1(x))

@@ -60,12 +60,16 @@ class MixSTE(nn.Module):
         batch = torch.arange(b, device=x.device).unsqueeze(-1)
         return x[batch, index], index
 
+    def _check_inputs(self, x, index):
+        """Clear errors for a bad pose tensor or given TPC index (shared with the fused subclass)."""
+        check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.Spatial_pos_embed.device)
+        if index is not None:
+            check_index(index, x.shape[0], self.token_num, self.frames)
+
     def encode(self, x, index=None, center=None):
         """Embedding and all blocks; pruning before block ``layer_index`` when TPC is on."""
-        check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.Spatial_pos_embed.device)
+        self._check_inputs(x, index)
         b, f, n, _ = x.shape
-        if index is not None:
-            check_index(index, b, self.token_num, self.frames)
         x = self.Spatial_patch_to_embedding(x.to(self.Spatial_pos_embed.dtype).reshape(b * f, n, 2))
         x = (x + self.Spatial_pos_embed).reshape(b, f, n, self.channel)
         for i in range(self.depth):

@@ -16,8 +16,6 @@ neighbouring linear layers (eval mode).
 import torch
 
 from ..models import mhformer as ref
-from ..models.layers import check_pose_input
-from ..models.tpc import check_index
 from ..models import layers as ref_layers
 from ._common import Fused, block_forward, fold_batchnorm_after, fold_batchnorm_before, fuse_children, stack
 from .layers import Block
@@ -179,11 +177,9 @@ class MHFormer(Fused, ref.MHFormer):
                              eps=norm.eps)
 
     def _forward(self, x, index=None):
-        check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.norm_1.weight.device)
+        self._check_inputs(x, index)
         in_dtype = x.dtype
         B, F, J, _ = x.shape
-        if index is not None:
-            check_index(index, B, self.token_num, self.frames)
         ops = self.ops_for(x)
         x0 = x.to(self.norm_1.weight.dtype).reshape(B, F, 2 * J).transpose(1, 2).contiguous().view(B * 2 * J, F)
         x1 = self.Transformer_encoder_1.encode_residual(x0, self.norm_1)

@@ -11,8 +11,6 @@ queries once per call (they are shared by every sample and joint) and reads them
 import torch
 
 from ..models import mixste as ref
-from ..models.layers import check_pose_input
-from ..models.tpc import check_index
 from ..models import layers as ref_layers
 from ._common import Fused, block_forward, fuse_children, stack
 from .layers import Block, CrossAttention
@@ -43,11 +41,9 @@ class MixSTE(Fused, ref.MixSTE):
         self.set_backend(backend, allow_tf32)
 
     def _encode(self, x, index=None, center=None):
-        check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.Spatial_pos_embed.device)
+        self._check_inputs(x, index)
         B, F, J, _ = x.shape
         C, H = self.channel, self.STEblocks[0].attn.num_heads
-        if index is not None:
-            check_index(index, B, self.token_num, self.frames)
         ops = self.ops_for(x)
         emb = self.Spatial_patch_to_embedding
         X = ops.ln_linear(x.to(self.Spatial_pos_embed.dtype).contiguous().view(B * F * J, 2), emb.weight[None],
