@@ -60,3 +60,67 @@ def dispatched_ops(fn, *args, **kwargs):
     with Log() as log:
         result = fn(*args, **kwargs)
     return result, log.ops
+
+
+# Tensor calls that wait for the device or read tensor values on the host: each one breaks CUDA-graph capture
+# (and torch.export / ONNX tracing) when it runs in a model's forward. ``__bool__`` is every data-dependent
+# Python ``if``; ``nonzero`` / ``unique`` / ``masked_select`` have data-dependent output shapes.
+HOST_SYNC_CALLS = frozenset({
+    "item", "tolist", "cpu", "numpy", "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select",
+    "equal", "allclose", "__bool__", "__int__", "__float__", "__index__", "__complex__", "_local_scalar_dense",
+})
+
+
+class HostSyncRecorder:
+    """``with HostSyncRecorder() as rec: model(x)`` records every host-synchronising tensor call (see
+    ``HOST_SYNC_CALLS``, plus ``.to(cpu)`` of a tensor on another device) as ``"name at file:line"``, the line
+    being the first caller outside torch. Calls made by Triton's interpreter itself (it moves tensors to numpy
+    to emulate a GPU) are not the model's and are ignored."""
+
+    def __init__(self):
+        import os
+        import triton
+        import torch.overrides
+
+        self.calls = []
+        recorder = self
+        skip = (os.path.dirname(torch.__file__), os.path.dirname(triton.__file__))
+
+        class _Mode(torch.overrides.TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = getattr(func, "__name__", str(func))
+                if name == "__get__":  # property reads (shape, dtype, ...): never a sync
+                    return func(*args, **kwargs)
+                sync = name in HOST_SYNC_CALLS
+                if name == "to" and args and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu":
+                    target = next((a for a in list(args[1:]) + [kwargs.get("device")]
+                                   if isinstance(a, (str, torch.device))), None)
+                    sync = target is not None and torch.device(target).type == "cpu"
+                if sync:
+                    where = recorder._caller(skip)
+                    if where is not None:
+                        recorder.calls.append(f"{name} at {where}")
+                return func(*args, **kwargs)
+
+        self._mode = _Mode()
+
+    @staticmethod
+    def _caller(skip):
+        import sys
+        frame = sys._getframe(2)
+        while frame is not None:
+            path = frame.f_code.co_filename
+            if path.startswith(skip[1]):  # inside Triton: the interpreter emulating a launch
+                return None
+            if not path.startswith(skip[0]) and path != __file__:
+                return f"{path}:{frame.f_lineno}"
+            frame = frame.f_back
+        return "?"
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)

@@ -159,7 +159,7 @@ class MHFormer(nn.Module):
         """Clear errors for a bad pose tensor or given TPC index (shared with the fused subclass)."""
         check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.norm_1.weight.device)
         if index is not None:
-            check_index(index, x.shape[0], self.token_num, self.frames)
+            check_index(index, x.shape[0], self.token_num, self.frames, device=x.device)
 
     def _forward(self, x, index=None):
         self._check_inputs(x, index)

@@ -64,7 +64,7 @@ class MixSTE(nn.Module):
         """Clear errors for a bad pose tensor or given TPC index (shared with the fused subclass)."""
         check_pose_input(x, frames=self.frames, n_joints=self.n_joints, device=self.Spatial_pos_embed.device)
         if index is not None:
-            check_index(index, x.shape[0], self.token_num, self.frames)
+            check_index(index, x.shape[0], self.token_num, self.frames, device=x.device)
 
     def encode(self, x, index=None, center=None):
         """Embedding and all blocks; pruning before block ``layer_index`` when TPC is on."""

@@ -83,8 +83,9 @@ def check_select_args(x, keep, k, center, tie_break):
         raise ValueError(f"center: expected None or a token index in [0, {N}), got {center!r}")
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break: expected one of {TIE_BREAKS}, got {tie_break!r}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x: features contain NaN or Inf; DPC-kNN selection is undefined")
+    # No value check here: this runs inside the models' forward, where reading values on the host would break
+    # CUDA-graph capture and export. NaN / Inf features have a defined selection (docs/tpc.md); inputs are
+    # value-checked where they enter (pyengine.lift, Lifter, the file readers, the CLI).
 
 
 @torch.no_grad()
@@ -115,13 +116,22 @@ def check_tpc_config(token_num, frames, layer_index, first_block, last_block, ti
         raise ValueError(f"tie_break: expected one of {TIE_BREAKS}, got {tie_break!r}")
 
 
-def check_index(index, batch, keep, n_tokens, name="index"):
-    """Validate an externally supplied selection ``[B, keep]`` of token indices."""
+def check_index(index, batch, keep, n_tokens, name="index", device=None):
+    """Validate the metadata of an externally supplied selection ``[B, keep]`` of token indices (type, shape,
+    device): the forward's check, which never reads values (no host sync). The values are checked by
+    :func:`check_index_values` where an index enters from outside (an out-of-range index in the forward raises
+    in torch's indexing on CPU, is a device-side assert with ATen on CUDA, and gathers NaN rows with Triton)."""
     if not isinstance(index, torch.Tensor) or index.dtype not in (torch.int64, torch.int32):
         got = index.dtype if isinstance(index, torch.Tensor) else type(index).__name__
         raise TypeError(f"{name}: expected an int64 tensor of shape [{batch}, {keep}], got {got}")
     if list(index.shape) != [batch, keep]:
         raise ValueError(f"{name}: expected shape [B={batch}, token_num={keep}], got {list(index.shape)}")
+    if device is not None and index.device != torch.device(device):
+        raise ValueError(f"{name}: expected a tensor on the model's device {device}, got {index.device}")
+
+
+def check_index_values(index, n_tokens, name="index"):
+    """The value check of a selection: every index in ``[0, n_tokens)`` (reads the values: a host sync)."""
     if index.numel() and (index.min() < 0 or index.max() >= n_tokens):
         raise ValueError(f"{name}: indices must lie in [0, {n_tokens}), got range "
                          f"[{int(index.min())}, {int(index.max())}]")

@@ -73,9 +73,13 @@ def _backward(ctx, grad):
 gather_tokens_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def gather_tokens(x, index, add=None, backend="reference"):
+def gather_tokens(x, index, add=None, backend="reference", check_values=True):
     """``[B, keep, R]`` rows of ``x [B, F, R]`` picked by ``index [B, keep]`` (int64, values in ``[0, F)``), plus
-    ``add [keep, A]`` (``A`` dividing ``R``, repeated along the row) when given. See the module docstring."""
+    ``add [keep, A]`` (``A`` dividing ``R``, repeated along the row) when given. See the module docstring.
+
+    ``check_values=False`` skips the range check of ``index`` (it reads the values on the host, which CUDA-graph
+    capture forbids): the fused models pass it for the indices they select themselves. An out-of-range index is
+    then never read out of bounds: the Triton kernel masks it and writes NaN rows."""
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected tokens of shape [B, F, R], got {got}")
@@ -89,7 +93,7 @@ def gather_tokens(x, index, add=None, backend="reference"):
         raise ValueError(f"index: expected shape [B={B}, keep], got {list(index.shape)}")
     if index.device != x.device:
         raise ValueError(f"index: expected a tensor on x's device {x.device}, got {index.device}")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= F):
+    if check_values and index.numel() and (int(index.min()) < 0 or int(index.max()) >= F):
         raise ValueError(f"index: values must lie in [0, F={F}), got range [{int(index.min())}, {int(index.max())}]")
     keep = index.shape[1]
     if add is not None:

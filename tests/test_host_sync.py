@@ -1,0 +1,80 @@
+"""CUDA-graph rules on CPU: the steady-state forward of every fused model makes no host sync.
+
+CUDA graphs are on by default on CUDA, and capture fails on any host sync (``.item()``, ``bool(t)``, ``int(t)``,
+``.tolist()``, ``.cpu()``, ``nonzero``, a data-dependent Python ``if``); so does ``torch.export``. Each fused
+architecture's *second* forward (the first may build weight caches) runs under a recorder of those calls, on the
+C++ backend and on Triton under the interpreter. Value checks belong where data enters (``lift``, ``Lifter``,
+the file readers, the CLI), not in the forward."""
+import pytest
+import torch
+
+import pyengine
+from pyengine.testing import HostSyncRecorder, randomize_
+
+SMALL = {
+    "mhformer": dict(frames=27, channel=32, d_hid=48, layers=3),
+    "mhformer81": dict(frames=81, channel=16, d_hid=32, layers=2),
+    "tpc_mhformer": dict(frames=27, channel=32, d_hid=48, layers=3, token_num=9, layer_index=1),
+    "mixste": dict(frames=9, channel=32, depth=2, heads=4),
+    "tpc_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=3, layer_index=1),
+    "hot_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=5, layer_index=1),
+    "hsusa": dict(channels=8),
+    "hwsusa": dict(channels=8, mode="hw", ln_enable=True, hw_shuffle=True),
+    "sx_shuffle_unit": dict(in_channels=16, out_channels=16),
+    "px_shuffle_unit": dict(in_channels=16, out_channels=16),
+}
+TPC = ("tpc_mhformer", "tpc_mixste", "hot_mixste")
+
+
+def _arch(name):
+    return name.rstrip("0123456789") if name.startswith("mhformer") else name
+
+
+def _model_and_input(name, backend):
+    arch = _arch(name)
+    ref = randomize_(pyengine.arch.MODELS[arch](**SMALL[name]), seed=1).eval()
+    model = pyengine.load(ref, backend=backend, device="cpu")
+    cfg = SMALL[name]
+    if "frames" in cfg:
+        x = torch.randn(2, cfg["frames"], 17, 2) * 0.3
+    else:
+        x = torch.randn(2, next(iter(cfg.values())), 7, 5)
+    return arch, model, x
+
+
+def _forward(model, arch, x, index=None):
+    kw = {} if index is None else {"index": index}
+    if arch == "hot_mixste":
+        kw["return_index"] = True
+    return model(x, **kw)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+@pytest.mark.parametrize("name", list(SMALL))
+def test_steady_state_forward_makes_no_host_sync(name, backend):
+    arch, model, x = _model_and_input(name, backend)
+    with torch.no_grad():
+        first = _forward(model, arch, x)  # builds the weight caches
+        with HostSyncRecorder() as rec:
+            _forward(model, arch, x)
+        assert not rec.calls, f"{name} on {backend}: host syncs in the forward:\n" + "\n".join(rec.calls)
+        if arch in TPC:  # a given selection (lift's flip pass reuses the index) must not sync either
+            index = first[1]
+            with HostSyncRecorder() as rec:
+                _forward(model, arch, x, index)
+            assert not rec.calls, f"{name} on {backend} with index=: host syncs:\n" + "\n".join(rec.calls)
+
+
+def test_the_recorder_sees_each_kind_of_sync():
+    """The recorder itself: each forbidden call is caught (so an empty record means something)."""
+    x = torch.randn(4)
+    checks = {"item": lambda: x[0].item(), "__bool__": lambda: bool((x > 0).all()), "__int__": lambda: int(x[0]),
+              "tolist": lambda: x.tolist(), "nonzero": lambda: x.nonzero(), "__float__": lambda: float(x[1]),
+              "numpy": lambda: x.numpy()}
+    for name, fn in checks.items():
+        with HostSyncRecorder() as rec:
+            fn()
+        assert any(c.startswith(name + " at ") and __file__ in c for c in rec.calls), (name, rec.calls)
+    with HostSyncRecorder() as rec:
+        _ = x.shape[0] + 1, x * 2, x.sum(), torch.where(x > 0, x, -x)
+    assert rec.calls == []
