@@ -16,13 +16,17 @@ Formats (``read_keypoints``; chosen by the file extension unless ``format=`` is 
   ``--save-predictions``) or a plain list of such frame dicts (the inferencer); each instance has ``keypoints``
   (``[[x, y], ...]`` or a flat ``[x, y, score, ...]``; ``null`` = missing) and ``keypoint_scores``, COCO-17 order,
   pixels. One person is lifted: per frame, the instance with the highest mean keypoint score. A frame without
-  instances has every keypoint missing. ``meta_info.image_width`` / ``image_height`` (written by pyengine's sample)
-  give the image size.
+  instances has every keypoint missing. ``meta_info.image_width`` / ``image_height`` / ``fps`` (written by
+  pyengine's sample) give the image size and frame rate. The video's frame axis is kept: output frame k is
+  ``frame_id`` first + k (``Keypoints2D.frame_ids``); a ``frame_id`` the file skips is an absent frame, which
+  ``prepare_keypoints`` refuses by name unless ``interpolate=True`` fills it.
 * ``.npy``: a float array ``[T, 17, 2]`` (or ``[T, 17, 3]`` with scores), no pickle.
 * ``.csv``: one row per frame, 34 columns ``x0, y0, x1, y1, ...`` or 51 columns ``x0, y0, s0, ...``; an optional
   non-numeric header line is skipped.
 
-``.npy`` / ``.csv`` / the sample npz are Human3.6M-17 order unless ``layout="coco"``.
+``.npy`` / ``.csv`` / the sample npz are Human3.6M-17 order unless ``layout="coco"``. ``layout`` does not apply to
+MMPose JSON (always COCO-17) or VideoPose3D files (their metadata says), nor ``subject`` / ``action`` / ``camera`` to
+anything but VideoPose3D files: passing them there is an error, not a silently ignored option.
 
 COCO-17 -> Human3.6M-17 (``coco_to_h36m``; the MMPose convention, ``convert_keypoint_definition``):
 
@@ -54,6 +58,11 @@ Missing keypoints: a NaN coordinate, or a score below ``score_threshold``. ``pre
 ``KeypointError`` naming them unless ``interpolate=True``, which fills each missing (joint, coordinate) linearly in
 time between the nearest present frames and holds the first / last present value at the ends; a joint missing in
 every frame is still an error.
+
+Value checks (``check_values``, shared by the readers, ``prepare_keypoints``, ``pyengine.lift``, ``Lifter.push`` and
+the CLI): an infinite coordinate is an error where it is read; after normalisation every coordinate must be finite
+and within ``[-COORD_LIMIT, COORD_LIMIT]`` (the image spans [-1, 1] in x). The error names the file (when there is
+one), the frame, the joint, the value as given and, for pixel input, the normalised value and the image size used.
 """
 import csv
 import json
@@ -68,7 +77,8 @@ from .data.synth import JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, image_coordinate
 
 __all__ = ["KeypointError", "Keypoints2D", "read_keypoints", "prepare_keypoints", "load_keypoints",
            "coco_to_h36m", "interpolate_missing", "normalize_screen", "image_coordinates", "JOINT_NAMES",
-           "COCO_JOINT_NAMES", "LEFT_JOINTS", "RIGHT_JOINTS", "FORMATS", "DEFAULT_SCORE_THRESHOLD"]
+           "COCO_JOINT_NAMES", "LEFT_JOINTS", "RIGHT_JOINTS", "FORMATS", "DEFAULT_SCORE_THRESHOLD", "check_values",
+           "COORD_LIMIT"]
 
 COCO_JOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
                     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
@@ -78,8 +88,12 @@ COCO_JOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "l
 COCO_TO_H36M = {0: (11, 12), 1: (12,), 2: (14,), 3: (16,), 4: (11,), 5: (13,), 6: (15,), 8: (5, 6), 9: (0,),
                 10: (1, 2), 11: (5,), 12: (7,), 13: (9,), 14: (6,), 15: (8,), 16: (10,)}
 FORMATS = ("npz", "json", "npy", "csv")
+MAX_FRAMES = 10_000_000  # a frame_id range beyond this is not a video's (and would not fit in memory)
 LAYOUTS = ("h36m", "coco")
 DEFAULT_SCORE_THRESHOLD = 0.3
+# Normalised keypoints of a person in the picture lie within about [-1, 1] in x and [-h/w, h/w] in y; a value
+# beyond 4 (1.5 image widths outside the picture) is a unit or image-size mistake, never a detection.
+COORD_LIMIT = 4.0
 
 
 class KeypointError(ValueError):
@@ -91,7 +105,9 @@ class Keypoints2D:
     """Keypoints as read from a file, Human3.6M-17 order (already converted when the file was COCO-17).
 
     xy [T, 17, 2] float64 (NaN where missing), scores [T, 17] or None, width / height in pixels or None,
-    normalized (True when ``xy`` is already in the screen-normalised space), layout of the file, source path."""
+    normalized (True when ``xy`` is already in the screen-normalised space), layout of the file, source path,
+    fps of the video when the file says, frame_ids [T] (the video frame of each row; MMPose ``frame_id``) and
+    absent_frames (frame ids inside the range that the file has no record of; their rows are NaN)."""
 
     xy: np.ndarray
     scores: object = None
@@ -100,6 +116,13 @@ class Keypoints2D:
     normalized: bool = False
     layout: str = "h36m"
     source: str = "<array>"
+    fps: object = None
+    frame_ids: object = None
+    absent_frames: tuple = ()
+
+    def __post_init__(self):
+        if self.frame_ids is None:
+            self.frame_ids = np.arange(len(self.xy), dtype=np.int64)
 
 
 def coco_to_h36m(xy, scores=None):
@@ -142,9 +165,23 @@ def _split_scores(a, name):
     return (a[..., :2], a[..., 2]) if a.shape[2] == 3 else (a, None)
 
 
+def _joint_label(j, layout="h36m"):
+    return f"joint {j} ({(COCO_JOINT_NAMES if layout == 'coco' else JOINT_NAMES)[j]})"
+
+
 def _finish(xy, scores, layout, source, **kw):
     if layout not in LAYOUTS:
         raise KeypointError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    inf = np.isinf(xy).any(-1)
+    if inf.any():  # NaN means "missing" (handled by prepare_keypoints); infinity is a broken file
+        t, j = map(int, np.argwhere(inf)[0])
+        raise KeypointError(f"{source}: frame {t} {_joint_label(j, layout)}: infinite coordinate {tuple(xy[t, j])} "
+                            f"({int(inf.sum())} in {int(inf.any(1).sum())} frames); expected finite pixel or "
+                            f"normalised values, or NaN for a missing keypoint")
+    if scores is not None and np.isinf(scores).any():
+        t, j = map(int, np.argwhere(np.isinf(scores))[0])
+        raise KeypointError(f"{source}: frame {t} {_joint_label(j, layout)}: infinite score {scores[t, j]}; "
+                            f"expected a finite score (NaN counts as missing)")
     if layout == "coco":
         xy, scores = coco_to_h36m(xy, scores)
     return Keypoints2D(xy, scores, layout=layout, source=source, **kw)
@@ -225,9 +262,25 @@ def _read_videopose3d(path, zf, subject, action, camera):
     layout = str(meta.get("layout_name", "h36m")).lower()
     layout = "coco" if layout.startswith("coco") else "h36m"
     size = (meta.get("video_metadata") or {}).get(subject) or {}
-    w, h = size.get("w"), size.get("h")
+    where = f"{path}: metadata['video_metadata'][{subject!r}]"
     return _finish(xy, scores, layout, f"{path} [{subject}/{action}/camera {camera}]",
-                   width=None if w is None else float(w), height=None if h is None else float(h))
+                   width=_number(size.get("w"), f"{where}['w']"), height=_number(size.get("h"), f"{where}['h']"),
+                   fps=_number(size.get("fps"), f"{where}['fps']"))
+
+
+def _number(value, where):
+    """A positive finite number stored in a file (image size, fps), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise KeypointError(f"{where}: expected one number, got an array of shape {list(value.shape)}")
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise KeypointError(f"{where}: expected a positive number, got {value!r}")
+    if not (np.isfinite(value) and value > 0):
+        raise KeypointError(f"{where}: expected a positive finite number, got {value!r}")
+    return float(value)
 
 
 def _read_npz(path, layout, subject, action, camera):
@@ -238,7 +291,11 @@ def _read_npz(path, layout, subject, action, camera):
     with zf:
         names = zf.namelist()
         if "positions_2d.npy" in names:
+            if layout is not None:
+                raise KeypointError(f"layout={layout!r}: does not apply to {path}, a VideoPose3D file (its metadata "
+                                    f"'layout_name' says the joint order)")
             return _read_videopose3d(path, zf, subject, action, camera)
+    _not_videopose3d(path, "a pyengine sample .npz", subject=subject, action=action, camera=camera)
     try:
         data = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -264,11 +321,19 @@ def _sample_npz(path, data, layout):
         scores = np.asarray(data["scores"], dtype=np.float64)
         if scores.shape != xy.shape[:2]:
             raise KeypointError(f"{path}: scores: expected shape {list(xy.shape[:2])}, got {list(scores.shape)}")
-    get = {k: data[k].item() for k in ("width", "height", "normalized", "layout") if k in data.files}
-    w, h = get.get("width"), get.get("height")
-    return _finish(xy, scores, str(get.get("layout", layout or "h36m")), path,
-                   width=None if w is None else float(w), height=None if h is None else float(h),
-                   normalized=bool(get.get("normalized", False)))
+    size = {k: _number(data[k], f"{path}: {k}") if k in data.files else None for k in ("width", "height", "fps")}
+    file_layout = str(data["layout"]) if "layout" in data.files else None
+    if layout is not None and file_layout is not None and layout != file_layout:
+        raise KeypointError(f"layout={layout!r} contradicts {path}, whose 'layout' says {file_layout!r}")
+    normalized = bool(data["normalized"]) if "normalized" in data.files else False
+    return _finish(xy, scores, file_layout or layout or "h36m", path, normalized=normalized, **size)
+
+
+def _not_videopose3d(path, kind, **options):
+    given = sorted(k for k, v in options.items() if v is not None)
+    if given:
+        raise KeypointError(f"{', '.join(f'{k}={options[k]!r}' for k in given)}: only applies to VideoPose3D .npz "
+                            f"files ('positions_2d'); {path} is {kind}")
 
 
 # ---------------------------------------------------------------- MMPose JSON
@@ -310,21 +375,48 @@ def _read_json(path):
                                                              for fr in frames):
         raise KeypointError(f"{path}: expected MMPose predictions: a non-empty list of frames "
                             "{'frame_id', 'instances': [...]}, or a dict with such a list under 'instance_info'")
-    if "frame_id" in frames[0]:
-        frames = sorted(frames, key=lambda fr: fr.get("frame_id", 0))
-    T = len(frames)
+    ids, absent = _frame_ids(frames, path)
+    T = len(ids)
+    row = {int(fid): t for t, fid in enumerate(ids)}
     xy, scores = np.full((T, 17, 2), np.nan), np.zeros((T, 17))
-    for t, fr in enumerate(frames):
+    for k, fr in enumerate(frames):
+        t = row[int(fr["frame_id"])] if "frame_id" in fr else k
         best = None
         for i, inst in enumerate(fr["instances"] or []):
-            kp, s = _instance_keypoints(inst, f"{path}: frame {t} instance {i}")
+            kp, s = _instance_keypoints(inst, f"{path}: frame {int(ids[t])} instance {i}")
             if best is None or s.mean() > best[1].mean():
                 best = (kp, s)
         if best is not None:
             xy[t], scores[t] = best
-    w, h = meta.get("image_width"), meta.get("image_height")
-    return _finish(xy, scores, "coco", path, width=None if w is None else float(w),
-                   height=None if h is None else float(h))
+    if not isinstance(meta, dict):
+        raise KeypointError(f"{path}: meta_info: expected a dict, got {type(meta).__name__}")
+    return _finish(xy, scores, "coco", path, width=_number(meta.get("image_width"), f"{path}: meta_info.image_width"),
+                   height=_number(meta.get("image_height"), f"{path}: meta_info.image_height"),
+                   fps=_number(meta.get("fps"), f"{path}: meta_info.fps"), frame_ids=ids, absent_frames=absent)
+
+
+def _frame_ids(frames, path):
+    """``(frame ids of the output rows, ids absent from the file)``: the rows run from the first to the last
+    ``frame_id`` without gaps, so output row k is video frame first + k; frames without ids are numbered 0, 1 ..."""
+    has = [("frame_id" in fr) for fr in frames]
+    if not any(has):
+        return np.arange(len(frames), dtype=np.int64), ()
+    if not all(has):
+        raise KeypointError(f"{path}: {has.count(False)} of {len(frames)} frames have no 'frame_id' (first: list "
+                            f"position {has.index(False)}); expected every frame or none to have one")
+    ids = [fr["frame_id"] for fr in frames]
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+    if bad:
+        raise KeypointError(f"{path}: frame_id: expected non-negative integers, got {bad[:5]!r}")
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dupes:
+        raise KeypointError(f"{path}: frame_id: {len(dupes)} ids appear more than once, first {dupes[:10]}; "
+                            f"expected one record per video frame")
+    first, last = min(ids), max(ids)
+    if last - first + 1 > MAX_FRAMES:
+        raise KeypointError(f"{path}: frame_id runs from {first} to {last}, more than {MAX_FRAMES} frames")
+    absent = tuple(sorted(set(range(first, last + 1)) - set(ids)))
+    return np.arange(first, last + 1, dtype=np.int64), absent
 
 
 # ---------------------------------------------------------------- npy / csv
@@ -338,8 +430,11 @@ def _read_npy(path, layout):
 
 
 def _read_csv(path, layout):
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise KeypointError(f"{path}: not a readable text .csv file ({exc})") from None
     if rows:
         try:
             float(rows[0][0])
@@ -367,17 +462,25 @@ def read_keypoints(path, *, format=None, layout=None, subject=None, action=None,
     subject / action / camera: which sequence of a VideoPose3D file (needed when it holds more than one).
     Raises ``KeypointError`` for an unreadable or malformed file, FileNotFoundError for a missing one."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"keypoint file {path!r}: is a directory, expected a keypoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"keypoint file {path!r}: no such file")
+    if format is not None and format not in FORMATS:
+        raise KeypointError(f"format: expected one of {FORMATS}, got {format!r}")
     fmt = format or os.path.splitext(path)[1].lower().lstrip(".")
     if fmt not in FORMATS:
-        raise KeypointError(f"{path}: unknown keypoint format {fmt!r}; expected one of {FORMATS} (by extension, or "
-                            f"pass format=)")
+        raise KeypointError(f"{path}: unknown keypoint format {fmt!r} (from the file extension); expected one of "
+                            f"{FORMATS}, or pass format=")
     if layout is not None and layout not in LAYOUTS:
         raise KeypointError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     if fmt == "npz":
         return _read_npz(path, layout, subject, action, camera)
+    _not_videopose3d(path, f"a .{fmt} file", subject=subject, action=action, camera=camera)
     if fmt == "json":
+        if layout is not None:
+            raise KeypointError(f"layout={layout!r}: does not apply to {path}, an MMPose .json file (always COCO-17, "
+                                f"converted to Human3.6M-17)")
         return _read_json(path)
     return _read_npy(path, layout) if fmt == "npy" else _read_csv(path, layout)
 
@@ -397,38 +500,121 @@ def interpolate_missing(xy, missing):
     return xy
 
 
+def _size(value, name, source):
+    """A user-given width / height: a positive finite number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = None
+    if isinstance(value, (bool, np.bool_)) or v is None or not (np.isfinite(v) and v > 0):
+        raise KeypointError(f"{name}: expected the image {name} in pixels, a positive number, got {value!r}"
+                            + ("" if source in ("keypoints", "keypoints_2d") else f" (for {source})"))
+    return v
+
+
+def _given_or_file(name, given, in_file, source):
+    """The user's value, the file's, or an error when both are there and differ (nothing silently overridden)."""
+    if given is None:
+        return in_file
+    if in_file is not None and float(given) != float(in_file):
+        raise KeypointError(f"{name}={given!r} contradicts {source}, which says {name} {in_file:g}; drop {name}= "
+                            f"(CLI --{name}) or fix the file")
+    return given
+
+
+def check_values(x, source="keypoints", *, pixels=None, width=None, height=None, first_frame=0, frame_ids=None):
+    """Raise ``KeypointError`` unless every coordinate of the normalised ``x [T, 17, 2]`` is finite and within
+    ``[-COORD_LIMIT, COORD_LIMIT]``. The message names ``source`` (the file, or the argument), the frame (``frame_ids``
+    [T] or ``first_frame`` + row), the joint, the value as given (``pixels`` when ``x`` came from pixels with
+    ``width`` / ``height``) and what to do about it. No host sync: ``x`` is numpy."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(x) <= COORD_LIMIT).all(-1)  # NaN and inf compare False
+    if not bad.any():
+        return
+    t, j = map(int, np.argwhere(bad)[0])
+    frame = int(frame_ids[t]) if frame_ids is not None else first_frame + t
+    count = f"{int(bad.sum())} such keypoint(s) in {int(bad.any(1).sum())} frame(s)"
+    where = f"{source}: frame {frame} {_joint_label(j)}"
+    value = tuple(float(v) for v in x[t, j])
+    if not np.isfinite(x[t, j]).all() and (pixels is None or not np.isfinite(pixels[t, j]).all()):
+        raise KeypointError(f"{where}: coordinate {value} is not finite ({count}); expected finite values (fill "
+                            f"missing keypoints first: interpolate=True, CLI --interpolate)")
+    limit = f"[-{COORD_LIMIT:g}, {COORD_LIMIT:g}]"
+    if pixels is not None:
+        px = tuple(float(v) for v in pixels[t, j])
+        raise KeypointError(f"{where}: ({px[0]:.6g}, {px[1]:.6g}) px is ({value[0]:.3g}, {value[1]:.3g}) after "
+                            f"normalisation with width={width:g}, height={height:g}, outside {limit} (the image "
+                            f"spans [-1, 1] in x) ({count}); check the image size (width=, height=; CLI --width "
+                            f"--height) and that the keypoints are in pixels")
+    raise KeypointError(f"{where}: ({value[0]:.6g}, {value[1]:.6g}) is outside {limit}, the range of screen-"
+                        f"normalised keypoints (the image spans [-1, 1] in x) ({count}); values like these look "
+                        f"like pixels: give the image size (width= and height=; CLI --width --height) instead of "
+                        f"treating them as normalised")
+
+
 def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=None,
-                      score_threshold=DEFAULT_SCORE_THRESHOLD, interpolate=False):
+                      score_threshold=DEFAULT_SCORE_THRESHOLD, interpolate=False, source=None):
     """Validate, fill and normalise keypoints for the lifters: -> float32 ``[T, 17, 2]`` in the screen space of
     SPEC.md §4 (``X / w * 2 - [1, h / w]``).
 
-    kp: a ``Keypoints2D`` (its scores / width / height / normalized are used unless overridden here) or an array
-        ``[T, 17, 2]`` (Human3.6M order) in pixels.
-    width, height: image size in pixels (both, positive); not needed when the keypoints are already normalised.
+    kp: a ``Keypoints2D`` (its scores / width / height / normalized are used; a width= or height= that contradicts
+        the file's is an error) or an array ``[T, 17, 2]`` (Human3.6M order) in pixels.
+    width, height: image size in pixels (both, positive); not needed (and refused) when the keypoints are
+        normalised.
     normalized: the keypoints are already normalised (no width / height); default: the Keypoints2D's flag, else
         False.
-    score_threshold: keypoints scoring below it count as missing (ignored when there are no scores).
-    interpolate: fill missing keypoints (NaN or low score) linearly in time; otherwise they raise KeypointError.
+    score_threshold: in [0, 1]; keypoints scoring below it count as missing (ignored when there are no scores).
+    interpolate: fill missing keypoints (NaN or low score) and absent frames linearly in time; otherwise they raise
+        KeypointError.
+    source: what to call the keypoints in messages (default: the file, or "keypoints").
+    Every normalised coordinate must be finite and within ``[-COORD_LIMIT, COORD_LIMIT]`` (``check_values``).
     """
+    if isinstance(score_threshold, (bool, np.bool_)) or not isinstance(score_threshold, (int, float, np.number)) \
+            or not 0 <= score_threshold <= 1:
+        raise KeypointError(f"score_threshold: expected a number in [0, 1], got {score_threshold!r}")
+    if normalized and (width is not None or height is not None):
+        raise KeypointError(f"normalized=True with width={width!r}, height={height!r}: normalised keypoints have no "
+                            f"image size; give either normalized=True or width= and height=")
+    frame_ids, absent = None, ()
     if isinstance(kp, Keypoints2D):
-        xy, source = kp.xy, kp.source
+        xy, source = kp.xy, source or kp.source
         scores = kp.scores if scores is None else scores
-        width = kp.width if width is None else width
-        height = kp.height if height is None else height
+        frame_ids, absent = kp.frame_ids, kp.absent_frames
+        if normalized is None and kp.normalized and (width is not None or height is not None):
+            raise KeypointError(f"width={width!r}, height={height!r}: {source} holds normalised keypoints, which "
+                                f"have no image size")
         normalized = kp.normalized if normalized is None else normalized
+        if not normalized:
+            width = _given_or_file("width", width, kp.width, source)
+            height = _given_or_file("height", height, kp.height, source)
     else:
-        xy, source = kp, "keypoints"
+        xy, source = kp, source or "keypoints"
         if hasattr(xy, "detach"):  # a torch tensor
             xy = xy.detach().cpu().numpy()
         xy = np.asarray(xy)
-        if not np.issubdtype(xy.dtype, np.number):
-            raise KeypointError(f"keypoints: expected a numeric array, got dtype {xy.dtype}")
+        if not np.issubdtype(xy.dtype, np.number) or np.issubdtype(xy.dtype, np.complexfloating):
+            raise KeypointError(f"{source}: expected a real numeric array, got dtype {xy.dtype}")
         xy = xy.astype(np.float64)
-        _check_joint_shape(xy, "keypoints")
+        _check_joint_shape(xy, source)
     normalized = bool(normalized)
+    if not normalized:
+        if width is None or height is None:
+            given = f"width={width!r}, height={height!r}"
+            raise KeypointError(f"{source}: pixel keypoints need the image size, got {given}: pass both width= and "
+                                f"height= (CLI: --width --height), or normalized=True if they are already "
+                                f"screen-normalised")
+        width, height = _size(width, "width", source), _size(height, "height", source)
     if np.isinf(xy).any():
-        raise KeypointError(f"{source}: infinite coordinates at (frame, joint) "
-                            f"{[tuple(map(int, i)) for i in np.argwhere(np.isinf(xy).any(-1))[:5]]}")
+        t, j = map(int, np.argwhere(np.isinf(xy).any(-1))[0])
+        frame = int(frame_ids[t]) if frame_ids is not None else t
+        raise KeypointError(f"{source}: frame {frame} {_joint_label(j)}: infinite coordinate {tuple(xy[t, j])} "
+                            f"({int(np.isinf(xy).any(-1).sum())} such keypoints); expected finite values, or NaN "
+                            f"for a missing keypoint")
+    if absent and not interpolate:
+        raise KeypointError(f"{source}: {len(absent)} frame(s) inside frame_id {int(frame_ids[0])}..."
+                            f"{int(frame_ids[-1])} are not in the file, first {list(absent[:10])}; lifting without "
+                            f"them would shift every later output frame against the video. Pass interpolate=True "
+                            f"(CLI: --interpolate) to fill them linearly in time")
     missing = np.isnan(xy).any(-1)
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64)
@@ -437,7 +623,8 @@ def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=No
         missing |= ~(scores >= score_threshold)  # NaN scores count as missing too
     if missing.any():
         if not interpolate:
-            where = [(int(t), JOINT_NAMES[j]) for t, j in np.argwhere(missing)[:5]]
+            ids = frame_ids if frame_ids is not None else np.arange(len(xy))
+            where = [(int(ids[t]), JOINT_NAMES[j]) for t, j in np.argwhere(missing)[:5]]
             reason = "NaN or score below score_threshold=%g" % score_threshold if scores is not None else "NaN"
             raise KeypointError(
                 f"{source}: {int(missing.sum())} missing keypoints ({reason}) in {int(missing.any(1).sum())} of "
@@ -445,15 +632,12 @@ def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=No
                 f"fill them linearly in time")
         xy = interpolate_missing(xy, missing)
     if normalized:
-        if width is not None or height is not None:
-            pass  # the size is irrelevant for already-normalised keypoints
+        check_values(xy, source, frame_ids=frame_ids)
         return xy.astype(np.float32)
-    if width is None or height is None:
-        raise KeypointError(f"{source}: pixel keypoints need the image size: pass width= and height= (CLI: --width "
-                            f"--height), or normalized=True if they are already screen-normalised")
-    if not (float(width) > 0 and float(height) > 0):
-        raise KeypointError(f"width/height: expected positive image size, got width={width}, height={height}")
-    return normalize_screen(xy, float(width), float(height)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values are reported by check_values, not warned about
+        x = normalize_screen(xy, width, height)
+    check_values(x, source, pixels=xy, width=width, height=height, frame_ids=frame_ids)
+    return x.astype(np.float32)
 
 
 def load_keypoints(path, *, width=None, height=None, normalized=None, score_threshold=DEFAULT_SCORE_THRESHOLD,

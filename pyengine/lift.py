@@ -18,7 +18,8 @@ HoT-MixSTE selects its tokens independently in each pass (its published call ``m
 import numpy as np
 import torch
 
-from .keypoints import LEFT_JOINTS, RIGHT_JOINTS, KeypointError, normalize_screen, prepare_keypoints
+from .keypoints import (LEFT_JOINTS, RIGHT_JOINTS, KeypointError, Keypoints2D, _size, check_values, normalize_screen,
+                        prepare_keypoints)
 
 SEQ2FRAME = ("mhformer", "tpc_mhformer", "tpc_mixste")
 SEQ2SEQ = ("mixste", "hot_mixste")
@@ -97,19 +98,15 @@ class _Runner:
 
 
 def _as_input(keypoints_2d, width, height):
-    """-> float32 numpy ``[T, 17, 2]`` in the normalised screen space."""
-    if width is None and height is None:
-        if hasattr(keypoints_2d, "detach"):
-            keypoints_2d = keypoints_2d.detach().cpu().numpy()
-        x = prepare_keypoints(keypoints_2d, normalized=True)
-        if np.abs(x).max() > 4:
-            raise KeypointError(f"keypoints_2d: values up to {np.abs(x).max():.1f} look like pixels, but no "
-                                f"width/height was given; pass width= and height= (normalised keypoints lie "
-                                f"within about [-1, 1])")
-        return x
-    if width is None or height is None:
-        raise KeypointError(f"width/height: give both or neither, got width={width}, height={height}")
-    return prepare_keypoints(keypoints_2d, width=width, height=height)
+    """-> float32 numpy ``[T, 17, 2]`` in the normalised screen space, value-checked (``check_values``: finite,
+    within the normalised range) by ``prepare_keypoints``."""
+    if (width is None) != (height is None):
+        raise KeypointError(f"width/height: give both or neither, got width={width!r}, height={height!r}")
+    if isinstance(keypoints_2d, Keypoints2D):  # as read from a file: its own size / normalized flag apply
+        return prepare_keypoints(keypoints_2d, width=width, height=height, source=keypoints_2d.source)
+    if width is None:
+        return prepare_keypoints(keypoints_2d, normalized=True, source="keypoints_2d")
+    return prepare_keypoints(keypoints_2d, width=width, height=height, source="keypoints_2d")
 
 
 def windows(x, starts, frames, centre):
@@ -123,9 +120,11 @@ def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=
     """Lift a 2D keypoint sequence to 3D with ``model`` (any lifting arch of ``pyengine.load``).
 
     keypoints_2d: ``[T, 17, 2]`` numpy array or tensor, Human3.6M joint order (``pyengine.keypoints`` reads and
-        converts files). In pixels when ``width`` and ``height`` are given (normalised as SPEC.md §4), otherwise
-        already normalised (values beyond +-4 are refused as "looks like pixels"). No NaN: fill gaps first
-        (``load_keypoints(..., interpolate=True)``).
+        converts files), or a ``Keypoints2D`` as read (its width / height apply). In pixels when ``width`` and
+        ``height`` are given (normalised as SPEC.md §4), otherwise already normalised. Every normalised value must
+        be finite and within +-4 (``keypoints.check_values``; the image spans [-1, 1]): a ``KeypointError`` names
+        the frame and joint otherwise, e.g. pixels without width/height or a wrong image size. No NaN: fill gaps
+        first (``load_keypoints(..., interpolate=True)``).
     flip: flip test-time augmentation (published): average with the mirrored input's mirrored output.
     batch_size: windows (seq2frame) or chunks (seq2seq) per model call.
     progress: tqdm bar on stderr; None shows it for sequences of at least 1000 frames.
@@ -161,7 +160,8 @@ class Lifter:
 
     seq2frame models emit frame t once frame ``t + F-1-c`` has arrived (c = (F-1)//2: a latency of ``F-1-c``
     frames); seq2seq models emit a chunk of F frames when it is complete. ``frame_2d`` is ``[17, 2]`` in pixels
-    (with width and height) or normalised. The window buffers are allocated once (a ring of the last F frames);
+    (with width and height) or normalised; each frame gets ``lift``'s value check (finite, within +-4 after
+    normalisation; the error names the frame of this sequence and the joint) and is refused before it is stored. The window buffers are allocated once (a ring of the last F frames);
     nothing grows with the length of the stream. After ``flush()`` the Lifter starts a new sequence.
     """
 
@@ -169,9 +169,9 @@ class Lifter:
         self.arch, self.frames, _ = model_spec(model)
         self.runner = _Runner(model, flip)
         if (width is None) != (height is None):
-            raise KeypointError(f"width/height: give both or neither, got width={width}, height={height}")
-        if width is not None and not (float(width) > 0 and float(height) > 0):
-            raise KeypointError(f"width/height: expected positive image size, got width={width}, height={height}")
+            raise KeypointError(f"width/height: give both or neither, got width={width!r}, height={height!r}")
+        if width is not None:
+            width, height = _size(width, "width", "keypoints"), _size(height, "height", "keypoints")
         self.width, self.height = width, height
         device = _device(model)
         F = self.frames
@@ -198,11 +198,17 @@ class Lifter:
         if frame.shape != (17, 2) or not np.issubdtype(frame.dtype, np.number):
             raise KeypointError(f"frame_2d: expected a numeric [17, 2] array (one frame, Human3.6M order), got "
                                 f"shape {list(frame.shape)} dtype {frame.dtype}")
-        if not np.isfinite(frame).all():
-            raise KeypointError(f"frame_2d: frame {self._count} has NaN/inf coordinates; fill missing keypoints "
-                                f"before streaming")
+        if np.issubdtype(frame.dtype, np.complexfloating):
+            raise KeypointError(f"frame_2d: expected real coordinates, got dtype {frame.dtype}")
+        pixels = frame.astype(np.float64)
         if self.width is not None:  # exactly as prepare_keypoints does it (float64, then float32)
-            frame = normalize_screen(frame.astype(np.float64), float(self.width), float(self.height))
+            with np.errstate(over="ignore", invalid="ignore"):
+                frame = normalize_screen(pixels, self.width, self.height)
+            check_values(frame[None], "frame_2d", pixels=pixels[None], width=self.width, height=self.height,
+                         first_frame=self._count)
+        else:  # the same check lift makes: a normalised lifter refuses pixel-scale values, NaN and inf
+            frame = pixels
+            check_values(frame[None], "frame_2d", first_frame=self._count)
         slot = self._ring[self._next]
         slot.copy_(torch.from_numpy(frame.astype(np.float32)))
         if self._count == 0 and self.runner.seq2frame:

@@ -178,7 +178,8 @@ def test_bad_arrays(make, match):
 def test_bad_size_arguments(walk):
     with pytest.raises(K.KeypointError, match="need the image size"):
         K.prepare_keypoints(walk)
-    with pytest.raises(K.KeypointError, match="positive image size"):
+    with pytest.raises(K.KeypointError, match="width: expected the image width in pixels, a positive number, "
+                                              "got 0"):
         K.prepare_keypoints(walk, width=0, height=H)
     assert K.prepare_keypoints(torch.from_numpy(walk), width=W, height=H).shape == walk.shape
 

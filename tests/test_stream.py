@@ -59,8 +59,17 @@ def test_stream_pixels_and_bad_frames():
         lifter.push(np.zeros((16, 2)))
     bad = np.zeros((17, 2))
     bad[4] = np.nan
-    with pytest.raises(KeypointError, match="NaN/inf"):
+    with pytest.raises(KeypointError, match=r"frame_2d: frame 0 joint 4 \(l_hip\): coordinate \(nan, nan\) is not "
+                                            r"finite"):
         lifter.push(bad)
+    # A normalised lifter refuses pixel-scale values, as lift does (frame and joint named, nothing stored).
+    with pytest.raises(KeypointError, match=r"frame_2d: frame 0 joint 0 \(hip\): \(300, 300\) is outside "
+                                            r"\[-4, 4\].*look like pixels"):
+        lifter.push(np.full((17, 2), 300.0))
+    # A pixel lifter with a wrong image size: the normalised value and the size used are named.
+    with pytest.raises(KeypointError, match=r"\(5000, 10\) px is \(9, .*\) after normalisation with width=1000, "
+                                            r"height=1000"):
+        Lifter(model, width=1000, height=1000).push(np.full((17, 2), [5000.0, 10.0]))
     with pytest.raises(KeypointError, match="give both or neither"):
         Lifter(model, width=W)
     with pytest.raises(ValueError, match="training mode"):
