@@ -7,6 +7,7 @@ from torch import nn
 
 from . import arch as archs
 from . import dispatch
+from .cuda_graphs import GraphedForward, enable_cuda_graphs, graph_status  # noqa: F401 (latency mode lives there)
 from .models import layers as ref_layers
 from .models import mhformer as ref_mhformer
 from .nn import layers as fused_layers
@@ -120,6 +121,10 @@ def report(model) -> Report:
         glue = next((GLUE[c.__name__] for c in own if c.__name__ in GLUE), None)
         if glue and not name:
             rows.append(ReportRow("(model)", glue, "torch", "elementwise glue between fused launches"))
+    graphs = graph_status(model)
+    if graphs is not None:
+        rows.append(ReportRow("(model)", "latency mode: fixed-shape no-grad calls replay a CUDA graph",
+                              "cuda-graph", graphs))
     return rows
 
 
@@ -271,54 +276,3 @@ def validate_once(model, arch, config):
     handle = model.register_forward_hook(hook, with_kwargs=True)
     return model
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Latency mode: fixed-shape calls on CUDA replay a captured CUDA graph.
-
-class GraphedForward:
-    """Replaces ``model.forward`` on CUDA: each new input signature (shape, dtype, index given or not) is run
-    eagerly twice on a side stream (so every kernel is compiled and its configuration chosen), then captured into
-    a CUDA graph; later calls with that signature copy the input into the graph's static buffer and replay.
-    Outputs are fresh tensors (cloned from the static outputs), so callers may keep them across calls."""
-
-    def __init__(self, model, eager_forward):
-        self.model, self.eager, self.graphs = model, eager_forward, {}
-
-    def __call__(self, x, *args, **kwargs):
-        if not (isinstance(x, torch.Tensor) and x.is_cuda) or torch.is_grad_enabled() or args or \
-                any(isinstance(v, torch.Tensor) and not v.is_cuda for v in kwargs.values()):
-            # grad mode, CPU input or extra positional args: the capture assumptions do not hold
-            return self.eager(x, *args, **kwargs)
-        key = (tuple(x.shape), x.dtype, tuple(sorted((k, tuple(v.shape) if isinstance(v, torch.Tensor) else v)
-                                                     for k, v in kwargs.items())))
-        entry = self.graphs.get(key)
-        if entry is None:
-            entry = self.graphs[key] = self._capture(x, kwargs)
-        graph, static_in, static_kw, static_out = entry
-        static_in.copy_(x)
-        for k, v in kwargs.items():
-            if isinstance(v, torch.Tensor):
-                static_kw[k].copy_(v)
-        graph.replay()
-        return tuple(o.clone() for o in static_out) if isinstance(static_out, tuple) else static_out.clone()
-
-    def _capture(self, x, kwargs):
-        static_in = x.clone()
-        static_kw = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: Triton compiles and launch configurations are fixed before capture
-                self.eager(static_in, **static_kw)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.eager(static_in, **static_kw)
-        return graph, static_in, static_kw, static_out
-
-
-def enable_cuda_graphs(model):
-    """Latency mode (``pyengine.load(..., cuda_graphs=True)``, the default on CUDA)."""
-    if not isinstance(model.forward, GraphedForward):
-        model.forward = GraphedForward(model, model.forward)
-    return model

@@ -43,12 +43,25 @@ class Fused(nn.Module):
         return version_cached(self, name, sources, build)
 
 
+def tensor_state(t: torch.Tensor):
+    """What identifies a tensor's contents without reading them: data pointer, in-place version, dtype, device.
+    Inference tensors (made under ``torch.inference_mode``) keep no version counter: ``None`` marks them."""
+    return (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
+
+
 def version_cached(owner: nn.Module, name: str, sources, build):
     """``build()`` run under no_grad and kept on ``owner`` as ``name``, rebuilt when any source changes: a tensor's
-    data pointer, ``_version`` (in-place updates), dtype or device, or a non-tensor source's value (e.g. an eps)."""
+    data pointer, ``_version`` (in-place updates), dtype or device, or a non-tensor source's value (e.g. an eps).
+
+    An inference-mode source tensor has no version counter, so an in-place update of it could not be seen: such
+    sources are never cached (``build()`` runs on every call; inside a CUDA graph the rebuild is captured, so a
+    replay still reads the current values)."""
+    tensors = [s for s in sources if isinstance(s, torch.Tensor)]
+    if any(t.is_inference() for t in tensors):
+        with torch.no_grad():
+            return build()
     cache = owner.__dict__.setdefault("_weight_cache", {})
-    key = tuple((s.data_ptr(), s._version, s.dtype, s.device) if isinstance(s, torch.Tensor) else s
-                for s in sources)
+    key = tuple(tensor_state(s) if isinstance(s, torch.Tensor) else s for s in sources)
     hit = cache.get(name)
     if hit is None or hit[0] != key:
         with torch.no_grad():
