@@ -15,7 +15,7 @@ Implementations, chosen by ``backend``:
 """
 import torch
 
-from ..backends import BackendUnavailableError
+from ..backends import BackendUnavailableError, device_guard
 
 BACKENDS = ("reference", "triton")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -78,7 +78,8 @@ def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow_tf32: 
     check_attention_args(q, k, v)
     _check_kernel_args(q, k, v)
     from ..kernels.attention import attention_fwd
-    return attention_fwd(q, k, v, allow_tf32=allow_tf32)
+    with device_guard(q):
+        return attention_fwd(q, k, v, allow_tf32=allow_tf32)
 
 
 @attention_op.register_fake

@@ -18,9 +18,10 @@ from typing import Optional
 
 import torch
 
-from ..backends import BackendUnavailableError
+from ..backends import BackendUnavailableError, check_compiled_dtype, device_guard
 
 BACKENDS = ("reference", "triton")
+GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the sm_90-compiled variants (kernels/gather_tokens.py)
 
 
 def gather_tokens_ref(x, index, add=None):
@@ -41,7 +42,9 @@ def gather_tokens_op(x: torch.Tensor, index: torch.Tensor, add: Optional[torch.T
         return gather_tokens_ref(x, index, add)  # advanced indexing: a new tensor, never a view of x
     if impl == "triton":
         from ..kernels.gather_tokens import gather_tokens_triton  # imported late: triton reads TRITON_INTERPRET
-        return gather_tokens_triton(x, index, add)
+        check_compiled_dtype(x, "pyengine::gather_tokens", GPU_DTYPES)
+        with device_guard(x):
+            return gather_tokens_triton(x, index, add)
     raise BackendUnavailableError(f"pyengine::gather_tokens: impl={impl!r} is not available (available: {BACKENDS})")
 
 

@@ -18,9 +18,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError
+from ..backends import BackendUnavailableError, check_compiled_dtype, device_guard
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+GPU_DTYPES = DTYPES[:3]  # float64 runs only under the interpreter (CPU): no sm_90 variant is compiled for it
 _BACKENDS = ("reference", "triton")
 
 
@@ -79,7 +80,9 @@ def layernorm_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps:
                  add: Optional[torch.Tensor], residual: Optional[torch.Tensor]) -> torch.Tensor:
     """Raw op (arguments already validated by :func:`layernorm`): the Triton kernel. Returns ``[M, K]``."""
     from pyengine.kernels.layernorm import launch_layernorm
-    return launch_layernorm(x, weight, bias, eps, add, residual)
+    check_compiled_dtype(x, "pyengine::layernorm", GPU_DTYPES)
+    with device_guard(x):
+        return launch_layernorm(x, weight, bias, eps, add, residual)
 
 
 @layernorm_op.register_fake

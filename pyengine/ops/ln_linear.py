@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError
+from ..backends import BackendUnavailableError, device_guard
 
 ACTIVATIONS = ("none", "gelu")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -125,7 +125,9 @@ def ln_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
                  allow_tf32: bool) -> torch.Tensor:
     """Raw op (arguments already validated by :func:`ln_linear`): the Triton kernel. Returns ``[M, G*N]``."""
     from pyengine.kernels.ln_linear import launch_ln_linear
-    return launch_ln_linear(x, weight, bias, ln_weight, ln_bias, residual, in_cols, eps, activation, allow_tf32)
+    with device_guard(x):
+        return launch_ln_linear(x, weight, bias, ln_weight, ln_bias, residual, in_cols, eps, activation,
+                                allow_tf32)
 
 
 @ln_linear_op.register_fake

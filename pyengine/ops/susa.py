@@ -28,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from ..backends import BackendUnavailableError, cpp_extension
+from ..backends import BackendUnavailableError, cpp_extension, device_guard
 from ._direct import direct_call_ok
 from ._nchw import check_nchw, new_output
 
@@ -58,7 +58,8 @@ def shuffle_index(channels: int, groups: int, offset: int = 0, count: Optional[i
 def _run(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, out_index, impl):
     if impl == "triton":
         from pyengine.kernels import susa as tk
-        tk.susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, out_index)
+        with device_guard(x):
+            tk.susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, out_index)
     elif impl == "cpp":
         cpp_extension().susa_cpu(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out,
                                  out_index)
@@ -67,7 +68,8 @@ def _run(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, ou
         if not hasattr(ext, "susa_cuda"):
             raise BackendUnavailableError("pyengine::susa: impl='cuda' needs pyengine._C built with CUDA (this "
                                           "torch has no CUDA, so the CUDA sources were not compiled)")
-        ext.susa_cuda(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, out_index)
+        with device_guard(x):
+            ext.susa_cuda(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wise, out, out_index)
     else:
         raise BackendUnavailableError(f"pyengine::susa: impl={impl!r} is not available (available: {IMPLS})")
 
@@ -253,7 +255,10 @@ def susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w=None, ln_b=N
         got = (f"{out_index.dtype} {list(out_index.shape)} on {out_index.device}"
                if isinstance(out_index, torch.Tensor) else type(out_index).__name__)
         raise ValueError(f"susa_into: out_index must be an int32 tensor [{c}] on {x.device}, got {got}")
-    if out_index.device.type == "cpu" and not torch.compiler.is_compiling():  # a value check: not while tracing
+    # A value check (a host sync), on every device: susa_into is where an index enters from outside. Not while
+    # tracing or capturing a CUDA graph; the drop-in modules build their indices and call run_prepared instead.
+    capturing = out_index.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not torch.compiler.is_compiling() and not capturing:
         lo, hi = int(out_index.min()), int(out_index.max())
         if lo < 0 or hi >= out.shape[1]:
             raise ValueError(f"susa_into: out_index values must lie in [0, {out.shape[1]}) (out's channels), got "

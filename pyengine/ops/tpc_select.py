@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..backends import BackendUnavailableError, cpp_extension
+from ..backends import BackendUnavailableError, cpp_extension, device_guard
 from ..models.tpc import check_select_args, density_noise, dpc_knn_select
 
 IMPLS = ("cpp", "triton", "cuda")
@@ -43,9 +43,11 @@ def tpc_select_op(x: torch.Tensor, keep: int, k: int, center: int, index_ties: b
         return cpp_extension().tpc_select_cpu(x, keep, k, center, index_ties, noise)
     if impl == "triton":
         from ..kernels.tpc_select import tpc_select_triton  # imported late: triton reads TRITON_INTERPRET on import
-        return tpc_select_triton(x, keep, k, center, index_ties, noise)
+        with device_guard(x):
+            return tpc_select_triton(x, keep, k, center, index_ties, noise)
     if impl == "cuda":
-        return _cuda_extension().tpc_select_cuda(x, keep, k, center, index_ties, noise)
+        with device_guard(x):
+            return _cuda_extension().tpc_select_cuda(x, keep, k, center, index_ties, noise)
     raise BackendUnavailableError(f"pyengine::tpc_select: impl={impl!r} is not available (available: {IMPLS})")
 
 
