@@ -35,6 +35,9 @@ PYENGINE_INLINE V loadv(const float* p) {
 // around them); _Float16 in an x86-64-v3 clone compiles to F16C's vcvtph2ps / vcvtps2ph, 8 values at a time, with
 // the same round-to-nearest-even as c10::Half, so results are bit-identical. The baseline clone calls libgcc's
 // conversions. Each translation unit gets its own (internal) copies.
+// Compilers without _Float16 on x86 (GCC < 12; the compiler then does not define __FLT16_MAX__) get
+// c10::Half's own scalar conversions instead: slower, bit-identical (tests/test_cpu_vec.py builds both).
+#if defined(__FLT16_MAX__)
 [[maybe_unused]] PYENGINE_F16_CLONES void half_row_to_float(const c10::Half* __restrict src, int64_t n,
                                                             float* __restrict dst) {
   const _Float16* s = reinterpret_cast<const _Float16*>(src);
@@ -46,5 +49,14 @@ PYENGINE_INLINE V loadv(const float* p) {
   _Float16* d = reinterpret_cast<_Float16*>(dst);
   for (int64_t i = 0; i < n; ++i) d[i] = static_cast<_Float16>(src[i]);
 }
+#else
+[[maybe_unused]] inline void half_row_to_float(const c10::Half* __restrict src, int64_t n, float* __restrict dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+[[maybe_unused]] inline void float_row_to_half(const float* __restrict src, int64_t n, c10::Half* __restrict dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = c10::Half(src[i]);
+}
+#endif
 
 }  // namespace
