@@ -38,6 +38,32 @@ def _shape(sd, key, arch):
     return tuple(sd[key].shape)
 
 
+def _vote(sd, arch, name, sources):
+    """A hyperparameter that several keys' shapes determine: ``sources`` = [(key, dim), ...], the first one
+    required. All present keys must agree; a key that disagrees with the others is reported as the mis-shaped key
+    it is (rather than as whatever the constructor says about the odd value). Returns the value."""
+    first = sources[0][0]
+    _shape(sd, first, arch)
+    seen = [(key, dim, tuple(sd[key].shape)) for key, dim in sources if key in sd]
+    values = [shape[dim] if len(shape) > dim else None for _, dim, shape in seen]
+    counts = {v: values.count(v) for v in values if v is not None}
+    if len(counts) == 1 and None not in values:
+        return values[0]
+    best = max(counts.values()) if counts else 0
+    winners = [v for v, c in counts.items() if c == best]
+    if len(winners) == 1 and best > 1:
+        value = winners[0]
+        odd = [(k, list(shape)) for (k, _, shape), v in zip(seen, values) if v != value]
+        agree = [k for (k, _, _), v in zip(seen, values) if v == value]
+        raise CheckpointError(
+            f"arch {arch!r}: mis-shaped key(s) {', '.join(f'{k!r} of shape {sh}' for k, sh in odd)}: {best} other "
+            f"keys ({', '.join(repr(k) for k in agree[:4])}{' ...' if len(agree) > 4 else ''}) give {name}={value}; "
+            f"the checkpoint is damaged or edited")
+    raise CheckpointError(f"arch {arch!r}: the keys disagree on {name}: "
+                          + ", ".join(f"{k!r} has shape {list(shape)}" for k, _, shape in seen)
+                          + "; a key is mis-shaped (damaged or edited checkpoint)")
+
+
 def _count(sd, prefix):
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
     return len({m.group(1) for k in sd if (m := pat.match(k))})
@@ -69,9 +95,16 @@ def detect(sd):
 
 
 def _infer_mhformer(sd, arch):
-    f = _shape(sd, "norm_1.weight", arch)[0]
+    f = _vote(sd, arch, "frames", [("norm_1.weight", 0), ("norm_2.weight", 0), ("norm_3.weight", 0),
+                                           ("Transformer_encoder_1.norm.weight", 0),
+                                           ("Transformer_hypothesis.pos_embed_1", 1),
+                                           ("Transformer_hypothesis.pos_embed_2", 1),
+                                           ("Transformer_hypothesis.pos_embed_3", 1)])
     with_bn = "embedding_1.0.weight" in sd
-    emb = _shape(sd, "embedding_1.0.weight" if with_bn else "embedding_1.weight", arch)
+    emb_key = "embedding_1.0.weight" if with_bn else "embedding_1.weight"
+    _vote(sd, arch, "channel", [(emb_key, 0), ("Transformer_hypothesis.pos_embed_1", 2),
+                                ("Transformer_hypothesis.SHR_blocks.0.norm1_1.weight", 0)])
+    emb = _shape(sd, emb_key, arch)
     if with_bn != (f <= 27):
         raise CheckpointError(
             f"arch {arch!r}: the checkpoint has {'a BatchNorm' if with_bn else 'a plain Conv1d'} embedding "
@@ -93,9 +126,12 @@ def _infer_mhformer(sd, arch):
 def _infer_mixste(sd, arch):
     emb = _shape(sd, "Spatial_patch_to_embedding.weight", arch)
     out = {
-        "channel": (emb[0], f"Spatial_patch_to_embedding.weight has shape {list(emb)}"),
+        "channel": (_vote(sd, arch, "channel", [("Spatial_patch_to_embedding.weight", 0), ("Spatial_pos_embed", 2),
+                                                ("Temporal_pos_embed", 2), ("Spatial_norm.weight", 0),
+                                                ("Temporal_norm.weight", 0)]),
+                    f"Spatial_patch_to_embedding.weight has shape {list(emb)}"),
         "n_joints": (_shape(sd, "Spatial_pos_embed", arch)[1], "Spatial_pos_embed length"),
-        "frames": (_shape(sd, "Temporal_pos_embed", arch)[1], "Temporal_pos_embed length"),
+        "frames": (_vote(sd, arch, "frames", [("Temporal_pos_embed", 1), ("x_token", 1)]), "Temporal_pos_embed length"),
         "depth": (_count(sd, "STEblocks."), "number of STEblocks"),
         "d_hid": (_shape(sd, "STEblocks.0.mlp.fc1.weight", arch)[0], "STEblocks.0.mlp.fc1.weight rows"),
     }
@@ -172,6 +208,48 @@ def resolve(sd, arch=None, config=None):
     for name, value in config.items():
         kwargs[name] = value
     return arch, kwargs, reason
+
+
+def construct(arch, kwargs, given=(), evidence=None):
+    """``MODELS[arch](**kwargs)``, where a constructor error about a value the user did not give says where the
+    value came from: the checkpoint's shapes (``evidence``: name -> why) or the architecture's default (and which
+    option sets it). ``given``: the names the user passed."""
+    return build(MODELS[arch], arch, kwargs, given, evidence)
+
+
+def build(cls, arch, kwargs, given=(), evidence=None):
+    """``cls(**kwargs)`` with ``construct``'s error explanation (cls: the reference or a fused class)."""
+    evidence = evidence or {}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError, IndexError, ZeroDivisionError) as exc:
+        msg = str(exc)
+        defaults = constructor_args(arch)
+        why = []
+        subject = re.match(r"(\w+):", msg)  # "token_num: expected ...": explain that one only
+        if subject and subject.group(1) in kwargs:
+            named = [subject.group(1)]
+        else:  # names the message mentions bare or with their own value ("heads=9" is not about heads=8)
+            named = [n for n, v in kwargs.items()
+                     if re.search(rf"\b{re.escape(n)}\b(?!=)|\b{re.escape(n)}={re.escape(str(v))}\b", msg)]
+        for name in named:
+            value = kwargs[name]
+            if name in given:
+                continue
+            if name in evidence:
+                why.append(f"{name}={value!r} was inferred from the checkpoint ({evidence[name]}); if that is wrong, "
+                           f"the key is mis-shaped")
+            elif value is defaults.get(name) or value == defaults.get(name):
+                why.append(f"{name}={value!r} is arch {arch!r}'s default, not a value you gave; set it with {name}= "
+                           f"(CLI --{name.replace('_', '-')})")
+        if not why:
+            if isinstance(exc, (IndexError, ZeroDivisionError)):  # a constructor crash on an impossible config
+                raise ValueError(f"arch {arch!r} cannot be built with "
+                                 f"{', '.join(f'{k}={v!r}' for k, v in kwargs.items())}: "
+                                 f"{type(exc).__name__}: {msg}") from exc
+            raise
+        kind = type(exc) if type(exc) in (ValueError, TypeError) else ValueError
+        raise kind(f"{msg} ({'; '.join(why)})") from exc
 
 
 def config_of(module):

@@ -45,6 +45,9 @@ _RANDOM_STATE_NAMES = {
 }
 
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# Errors of torch.load / zipfile / pickle on an empty, truncated or foreign file (an empty .pth is a bare EOFError).
+_READ_ERRORS = (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError, KeyError, IndexError,
+                TypeError, AttributeError, UnicodeDecodeError)
 
 
 @dataclass
@@ -56,13 +59,36 @@ class Checkpoint:
 
 
 def read_file(path):
-    """Read a checkpoint file into a Python object without executing pickled code. Returns ``(obj, notes)``."""
+    """Read a checkpoint file into a Python object without executing pickled code. Returns ``(obj, notes)``.
+
+    A missing file is ``FileNotFoundError``; a directory, an empty, truncated, unreadable or non-checkpoint file is
+    ``CheckpointError`` naming the file."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r}: is a directory, expected a checkpoint file ({', '.join(SUFFIXES)})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint: expected a file ending in one of {SUFFIXES}, got {path!r}")
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path!r}: cannot be opened ({exc.strerror or exc})") from None
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path!r}: the file is empty (0 bytes); an interrupted download or save?")
+    try:
+        return _read_file(path, suffix)
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as exc:  # what torch.load / safetensors raise on a truncated or foreign file
+        raise CheckpointError(f"checkpoint {path!r} ({size} bytes): cannot be read as a {suffix} checkpoint, "
+                              f"truncated or not a checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_file(path, suffix):
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -75,12 +101,15 @@ def read_file(path):
     except pickle.UnpicklingError as exc:
         try:
             unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except Exception:
+        except _READ_ERRORS:
             unsafe = set()
-        if not unsafe or not unsafe <= _RANDOM_STATE_NAMES:
+        if not unsafe:  # not even its globals can be listed: not a (complete) PyTorch file
+            raise CheckpointError(f"checkpoint {path!r}: not a readable PyTorch file, truncated or of another "
+                                  f"format ({exc})") from exc
+        if not unsafe <= _RANDOM_STATE_NAMES:
             raise CheckpointError(
                 f"checkpoint: refused {path}: it is not a plain tensor dict; torch.load(weights_only=True) "
-                f"rejects the pickled objects {sorted(unsafe) or '(unreadable)'}. pyengine never executes "
+                f"rejects the pickled objects {sorted(unsafe)}. pyengine never executes "
                 f"pickled code; re-save the weights as a state_dict or a .safetensors file.") from exc
         with torch.serialization.safe_globals(_numpy_random_state_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)

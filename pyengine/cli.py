@@ -1,14 +1,18 @@
 """The ``pyengine`` command line: ``verify``, ``lift`` and ``bench``.
 
 Exit codes: 0 success; 1 a check failed (``verify``: a deviation over its tolerance); 2 bad usage or bad input
-(unreadable checkpoint or keypoint file, unknown architecture, contradicting config, missing keypoints, an
-unavailable backend, a missing ffmpeg for .mp4).
+(a bad option value, unreadable checkpoint or keypoint file, unknown architecture, contradicting config, missing
+keypoints or frames, an unavailable backend or device, a missing ffmpeg for .mp4, an existing output without
+--overwrite), reported as one line on stderr without a traceback; 3 an internal error (a bug: the traceback is
+printed, please report it).
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
+import traceback
 
 import torch
 
@@ -16,15 +20,56 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 CONFIG_INTS = ("frames", "channel", "d_hid", "layers", "depth", "heads", "token_num", "layer_index",
                "channels", "in_channels", "out_channels")
 LIFT_ARCHS = ("mhformer", "tpc_mhformer", "mixste", "tpc_mixste", "hot_mixste")
-EPILOG = "exit codes: 0 success, 1 a check failed (verify), 2 bad usage or bad input"
+EPILOG = "exit codes: 0 success, 1 a check failed (verify), 2 bad usage or bad input, 3 internal error (a bug)"
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+AT_LEAST_0 = ("layer_index",)  # a block index; the other config integers count things (at least 1)
 RANDOM_BANNER = ("*** RANDOM WEIGHTS (seed {seed}): no checkpoint was loaded, so the 3D poses are MEANINGLESS. "
                  "This only demonstrates the pipeline; pass --checkpoint PATH for real results. ***")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``PROG: error: MESSAGE (see PROG --help)`` on stderr, exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _unit_interval(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def _add_config_options(p):
     for name in CONFIG_INTS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=None,
-                       help=f"hyperparameter {name} (published name)")
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=_int_at_least(0 if name in AT_LEAST_0 else 1),
+                       default=None, help=f"hyperparameter {name} (published name)")
     p.add_argument("--tie-break", dest="tie_break", default=None, choices=["index", "strict"],
                    help="TPC density tie rule (default index)")
 
@@ -42,13 +87,16 @@ def _add_lift_parser(sub):
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="keypoint file(s)")
     p.add_argument("-o", "--output", required=True,
                    help="output .npz for a single input; a directory (created; one <input name>.npz per input) "
-                        "when several inputs are given or OUTPUT does not end in .npz")
+                        "when several inputs are given or OUTPUT has no suffix (any other suffix is an error)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (.npz, --render); without it an existing one is an error "
+                        "(exit 2) and nothing is written")
     w = p.add_argument_group("model")
     w.add_argument("--checkpoint", default=None, help="load weights from this .pth/.pt/.bin/.safetensors file")
     w.add_argument("--random-weights", action="store_true",
                    help="no checkpoint: build --arch with seeded random weights (a pipeline demo; the output is "
                         "meaningless and says so loudly)")
-    w.add_argument("--seed", type=int, default=0, help="seed of --random-weights (default 0)")
+    w.add_argument("--seed", type=_int_at_least(0), default=None, help="seed of --random-weights (default 0)")
     w.add_argument("--arch", default=None, choices=LIFT_ARCHS,
                    help="architecture; inferred from --checkpoint (TPC variants need --arch or --token-num), "
                         "default mhformer with --random-weights")
@@ -58,9 +106,10 @@ def _add_lift_parser(sub):
                    help="torch device (default cuda, or cuda:LOCAL_RANK under torchrun, when available; else cpu)")
     _add_config_options(w)
     k = p.add_argument_group("keypoints")
-    k.add_argument("--width", type=float, default=None,
-                   help="image width in pixels (needed unless the file gives it or --normalized)")
-    k.add_argument("--height", type=float, default=None, help="image height in pixels")
+    k.add_argument("--width", type=_positive_float, default=None,
+                   help="image width in pixels (needed unless the file gives it or --normalized; must agree with "
+                        "the file's when it has one)")
+    k.add_argument("--height", type=_positive_float, default=None, help="image height in pixels")
     k.add_argument("--normalized", action="store_true",
                    help="the keypoints are already screen-normalised (X / w * 2 - [1, h / w]); no width/height")
     k.add_argument("--format", default=None, choices=["npz", "json", "npy", "csv"],
@@ -69,28 +118,35 @@ def _add_lift_parser(sub):
                    help="joint order of .npy / .csv / sample .npz input (default h36m; .json is always COCO-17)")
     k.add_argument("--subject", default=None, help="VideoPose3D .npz: subject (needed if the file has several)")
     k.add_argument("--action", default=None, help="VideoPose3D .npz: action (needed if the file has several)")
-    k.add_argument("--camera", type=int, default=None, help="VideoPose3D .npz: camera index (default 0)")
-    k.add_argument("--score-threshold", type=float, default=0.3,
-                   help="keypoints scoring below this count as missing (default 0.3)")
+    k.add_argument("--camera", type=_int_at_least(0), default=None,
+                   help="VideoPose3D .npz: camera index (default 0)")
+    k.add_argument("--score-threshold", type=_unit_interval, default=None,
+                   help="in [0, 1]: keypoints scoring below this count as missing (default 0.3; an error for "
+                        "inputs without scores)")
     k.add_argument("--interpolate", action="store_true",
-                   help="fill missing keypoints (NaN or low score) linearly in time, holding the ends; without "
-                        "it missing keypoints are an error (exit 2)")
+                   help="fill missing keypoints (NaN or low score) and frames missing from an MMPose .json "
+                        "linearly in time, holding the ends; without it they are an error (exit 2)")
     r = p.add_argument_group("inference and output")
     r.add_argument("--no-flip", dest="flip", action="store_false",
                    help="turn off flip test-time augmentation (on by default, as published)")
-    r.add_argument("--batch-size", type=int, default=64, help="windows or chunks per model call (default 64)")
+    r.add_argument("--batch-size", type=_int_at_least(1), default=64,
+                   help="windows or chunks per model call (default 64)")
     r.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bar (shown by default for inputs of 1000 frames or more)")
+                   help="no progress bars (shown by default for inputs of 1000 frames or more, and for --render)")
     r.add_argument("--render", default=None, metavar="OUT.gif|OUT.mp4",
                    help="also draw the 2D input beside the 3D output (one input only; .mp4 needs ffmpeg)")
-    r.add_argument("--render-fps", type=float, default=25.0, help="frames per second of --render (default 25)")
-    r.add_argument("--render-every", type=int, default=1,
+    r.add_argument("--render-fps", type=_positive_float, default=None,
+                   help="frames per second of --render (default: the input's fps when the file gives it, else 25)")
+    r.add_argument("--render-every", type=_int_at_least(1), default=1,
                    help="draw every N-th frame in --render (default 1; larger is faster and smaller)")
     return p
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="pyengine", description=__doc__.split("\n")[0], epilog=EPILOG)
+    from . import __version__
+    parser = _Parser(prog="pyengine", description=__doc__.split("\n")[0], epilog=EPILOG)
+    parser.add_argument("--version", action="version",
+                        version=f"pyengine {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser(
         "verify", help="run a model on the shipped 2D sample and compare every accelerated module with an fp64 "
@@ -105,8 +161,8 @@ def build_parser():
     v.add_argument("--backend", default="auto", help="auto | reference | triton | cuda | cpp (default auto)")
     v.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="compute dtype (default float32)")
     v.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    v.add_argument("--batch", type=int, default=2, help="number of windows (default 2)")
-    v.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    v.add_argument("--batch", type=_int_at_least(1), default=2, help="number of windows (default 2)")
+    v.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the random weights (default 0)")
     _add_config_options(v)
     _add_lift_parser(sub)
     # Listed for --help only: main() hands everything after "bench" to pyengine.bench's own parser.
@@ -116,34 +172,63 @@ def build_parser():
 
 
 def main(argv=None):
+    """Run the command line; returns the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "bench":
-        return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.command == "lift":
-        return lift_main(args)
-    return verify_main(args)
+    try:
+        if argv and argv[0] == "bench":
+            return bench_main(argv[1:])
+        args = build_parser().parse_args(argv)
+        if args.command == "lift":
+            return lift_main(args)
+        return verify_main(args)
+    except KeyboardInterrupt:
+        print("pyengine: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): not an error of pyengine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception:  # user errors are caught where they happen; anything else is a bug, shown in full
+        traceback.print_exc()
+        print("pyengine: internal error (a bug, not a problem with your input): please report it with the "
+              "traceback above", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _user_errors():
+    """The exception types that mean bad usage or bad input (exit 2, one line)."""
+    from .backends import BackendUnavailableError
+    from .checkpoint import CheckpointError
+    from .keypoints import KeypointError
+    from .render import RenderError
+    return (UsageError, CheckpointError, KeypointError, BackendUnavailableError, RenderError, ValueError, TypeError,
+            OSError)
+
+
+def _fail(command, exc):
+    """Print a user error as one line on stderr; returns exit code 2."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    print(f"pyengine {command}: error: {text or type(exc).__name__}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def verify_main(args):
     from . import verify
-    from .checkpoint import CheckpointError
-    from .load import BackendUnavailableError
+    from .load import check_device
 
     config = {k: getattr(args, k) for k in CONFIG_INTS + ("tie_break",) if getattr(args, k) is not None}
     arch = args.arch
-    if arch is None and args.checkpoint is None:
-        arch = "mhformer"
-        config.setdefault("frames", 81)
     try:
+        check_device(args.device, "--device")
+        if arch is None and args.checkpoint is None:
+            arch = "mhformer"
+            config.setdefault("frames", 81)  # verify's own default: a quick check, not MHFormer-351
         rows, meta = verify.run(arch=arch, checkpoint=args.checkpoint, backend=args.backend,
                                 dtype=DTYPES[args.dtype], device=args.device, batch=args.batch, seed=args.seed,
                                 **config)
-    except (CheckpointError, BackendUnavailableError, ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"pyengine verify: error: {exc}", file=sys.stderr)
-        return 2
+    except _user_errors() as exc:
+        return _fail("verify", exc)
     print(verify.format_table(rows, meta))
-    return 0 if all(r.ok for r in rows) else 1
+    return EXIT_OK if all(r.ok for r in rows) else EXIT_CHECK_FAILED
 
 
 def bench_main(argv):
@@ -156,7 +241,7 @@ def bench_main(argv):
         print("pyengine bench: error: the benchmark module pyengine.bench is not installed in this version of "
               "pyengine", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="pyengine bench", epilog=EPILOG)
+    parser = _Parser(prog="pyengine bench", epilog=EPILOG)
     bench.add_arguments(parser)
     return bench.run(parser.parse_args(argv))
 
@@ -165,16 +250,110 @@ class UsageError(ValueError):
     pass
 
 
-def _output_paths(inputs, output):
-    """One output .npz path per input (see -o's help)."""
-    if len(inputs) == 1 and output.lower().endswith(".npz") and not os.path.isdir(output):
-        return [output]
-    names = [os.path.splitext(os.path.basename(p))[0] + ".npz" for p in inputs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise UsageError(f"-o {output}: several inputs would write the same output file(s) {dupes}; rename them "
-                         f"or lift them separately")
-    return [os.path.join(output, n) for n in names]
+def _output_paths(inputs, output, overwrite):
+    """One output .npz path per input (see -o's help), refusing what would lose data: an existing output without
+    --overwrite, an output that is one of the inputs, two inputs writing one file, an -o that is neither."""
+    suffix = os.path.splitext(output.rstrip(os.sep))[1].lower()
+    if os.path.isdir(output):
+        as_dir = True
+    elif os.path.exists(output) and len(inputs) > 1:
+        raise UsageError(f"-o {output}: several inputs need an output directory, but {output!r} is a file")
+    elif suffix == ".npz":
+        if len(inputs) > 1:
+            raise UsageError(f"-o {output}: {len(inputs)} inputs need an output directory, got a .npz file name")
+        as_dir = False
+    elif suffix:
+        raise UsageError(f"-o {output}: expected an output .npz file or a directory, got a file name ending in "
+                         f"{suffix!r}")
+    else:
+        as_dir = True
+    if as_dir:
+        names = [os.path.splitext(os.path.basename(p))[0] + ".npz" for p in inputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise UsageError(f"-o {output}: several inputs would write the same output file(s) {dupes}; rename "
+                             f"them or lift them separately")
+        paths = [os.path.join(output, n) for n in names]
+    else:
+        paths = [output]
+    _check_writable(paths, "-o", overwrite)
+    ins = {os.path.realpath(p) for p in inputs}
+    for path in paths:
+        if os.path.realpath(path) in ins:
+            raise UsageError(f"-o {output}: the output {path!r} is one of the inputs; choose another -o")
+    return paths
+
+
+def _check_writable(paths, option, overwrite):
+    """Every output path can be written: not an existing directory, not an existing file without --overwrite, and
+    its directory exists or can be created (no path component is a file)."""
+    existing = [p for p in paths if os.path.lexists(p)]
+    for p in existing:
+        if os.path.isdir(p):
+            raise UsageError(f"{option} {p}: is a directory, expected an output file name")
+    if existing and not overwrite:
+        raise UsageError(f"{option}: {len(existing)} output file(s) exist, first {existing[0]!r}; pass --overwrite "
+                         f"to replace them (nothing was written)")
+    for p in paths:
+        parent = os.path.dirname(os.path.abspath(p))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise UsageError(f"{option} {p}: cannot create its directory, {parent!r} is a file")
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"{option} {p}: the directory {parent!r} is not writable")
+
+
+def _input_format(path, fmt):
+    return fmt or os.path.splitext(path)[1].lower().lstrip(".")
+
+
+def _check_lift_args(args):
+    """Every argument check that needs no model and no lifting, so a bad one fails before anything runs."""
+    if (args.checkpoint is None) == (not args.random_weights):
+        raise UsageError("give exactly one of --checkpoint PATH (real weights) or --random-weights (a demo with "
+                         "meaningless output)")
+    if args.checkpoint is not None and args.seed is not None:
+        raise UsageError(f"--seed {args.seed}: applies to --random-weights only, not to --checkpoint")
+    args.seed = 0 if args.seed is None else args.seed
+    if args.normalized and (args.width is not None or args.height is not None):
+        raise UsageError(f"--normalized contradicts --width {args.width} / --height {args.height}: normalised "
+                         f"keypoints have no image size")
+    if (args.width is None) != (args.height is None):
+        raise UsageError(f"give both --width and --height or neither, got --width {args.width}, --height "
+                         f"{args.height}")
+    for path in args.inputs:  # every rank checks every input, so all fail alike on a typo
+        if os.path.isdir(path):
+            raise UsageError(f"input {path!r}: is a directory, expected a keypoint file")
+        if not os.path.isfile(path):
+            raise UsageError(f"input {path!r}: no such file")
+    formats = {path: _input_format(path, args.format) for path in args.inputs}
+    vp3d = {k: getattr(args, k) for k in ("subject", "action", "camera") if getattr(args, k) is not None}
+    if vp3d:
+        other = [p for p, f in formats.items() if f != "npz"]
+        if other:
+            raise UsageError(f"--{' --'.join(vp3d)} apply to VideoPose3D .npz inputs only, got {other[0]!r} "
+                             f"({formats[other[0]]})")
+    if args.layout is not None:
+        json_inputs = [p for p, f in formats.items() if f == "json"]
+        if json_inputs:
+            raise UsageError(f"--layout {args.layout}: does not apply to MMPose .json input {json_inputs[0]!r} "
+                             f"(always COCO-17)")
+    if args.checkpoint is not None:
+        if os.path.isdir(args.checkpoint):
+            raise UsageError(f"--checkpoint {args.checkpoint}: is a directory, expected a checkpoint file")
+        if not os.path.isfile(args.checkpoint):
+            raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
+    outputs = _output_paths(args.inputs, args.output, args.overwrite)
+    if args.render:
+        if len(args.inputs) != 1:
+            raise UsageError(f"--render works with a single input file, got {len(args.inputs)} inputs")
+        from .render import check_output
+        check_output(args.render)
+        _check_writable([args.render], "--render", args.overwrite)
+        if os.path.realpath(args.render) in {os.path.realpath(p) for p in outputs + list(args.inputs)}:
+            raise UsageError(f"--render {args.render}: is also an input or the -o output")
+    return outputs
 
 
 def _build_model(args, device):
@@ -198,84 +377,111 @@ def _build_model(args, device):
     missing = sorted(k for k, v in kwargs.items() if v is inspect.Parameter.empty)
     if missing:
         raise UsageError(f"arch {arch!r} with random weights needs {missing}")
-    module = randomize_(archs.MODELS[arch](**kwargs), args.seed)
+    module = randomize_(archs.construct(arch, kwargs, given=set(config)), args.seed)
     return load(module, backend=args.backend, dtype=dtype, device=device), f"random weights (seed {args.seed})"
 
 
-def _lift_one(model, args, path, out_path, random_weights):
+def _read_one(args, path):
+    """Read and prepare one input (every check of the data): ``(keypoints [T, 17, 2], Keypoints2D)``."""
+    from .keypoints import DEFAULT_SCORE_THRESHOLD, load_keypoints
+
+    threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    kp, raw = load_keypoints(path, width=args.width, height=args.height, normalized=args.normalized or None,
+                             score_threshold=threshold, interpolate=args.interpolate, format=args.format,
+                             layout=args.layout, subject=args.subject, action=args.action, camera=args.camera)
+    if args.score_threshold is not None and raw.scores is None:
+        raise UsageError(f"--score-threshold {args.score_threshold:g}: {raw.source} has no keypoint scores")
+    return kp, raw
+
+
+def _partial(path):
+    """A temporary name beside ``path`` with the same extension (renamed over ``path`` once complete)."""
+    head, tail = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(tail)
+    return os.path.join(head, f".{stem}.partial-{os.getpid()}{ext}")
+
+
+def _lift_one(model, args, kp, raw, out_path, random_weights):
+    """Lift one prepared input and write its .npz (and --render) atomically: complete files or none."""
     import numpy as np
 
     from .data.synth import JOINT_NAMES, PARENTS
-    from .keypoints import load_keypoints
     from .lift import lift
 
-    kp, raw = load_keypoints(path, width=args.width, height=args.height, normalized=args.normalized or None,
-                             score_threshold=args.score_threshold, interpolate=args.interpolate,
-                             format=args.format, layout=args.layout, subject=args.subject, action=args.action,
-                             camera=args.camera)
     start = time.perf_counter()
     pos = lift(model, kp, flip=args.flip, batch_size=args.batch_size, progress=args.progress)
     seconds = time.perf_counter() - start
     info = model.pyengine
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    np.savez(out_path, positions_3d=pos, keypoints_2d=kp, joint_names=np.array(JOINT_NAMES),
-             parents=np.array(PARENTS, dtype=np.int64), arch=np.array(info.arch),
-             config=np.array(json.dumps(info.config, default=str)), backend=np.array(info.backend),
-             flip=np.array(args.flip), random_weights=np.array(random_weights), source=np.array(raw.source))
+    written = []  # (partial, final)
+    try:
+        tmp = _partial(out_path)
+        np.savez(tmp, positions_3d=pos, keypoints_2d=kp, frame_ids=np.asarray(raw.frame_ids, dtype=np.int64),
+                 joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, dtype=np.int64),
+                 arch=np.array(info.arch), config=np.array(json.dumps(info.config, default=str)),
+                 backend=np.array(info.backend), flip=np.array(args.flip), random_weights=np.array(random_weights),
+                 source=np.array(raw.source), fps=np.array(np.nan if raw.fps is None else raw.fps))
+        written.append((tmp, out_path))
+        if args.render:
+            from .render import render
+            fps = args.render_fps or raw.fps or 25.0
+            title = f"{info.arch}" + (" - RANDOM WEIGHTS" if random_weights else "")
+            tmp = _partial(args.render)
+            render(tmp, kp, pos, fps=fps, every=args.render_every, title=title, progress=args.progress)
+            written.append((tmp, args.render))
+        for tmp, final in written:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     print(f"lifted {len(pos)} frames: {raw.source} -> {out_path} ({seconds:.1f} s, {len(pos) / seconds:.1f} "
           f"frames/s, flip {'on' if args.flip else 'off'})")
-    return kp, pos
+    if args.render:
+        origin = "--render-fps" if args.render_fps else "the input's" if raw.fps else "default"
+        print(f"rendered {args.render} ({fps:g} fps, {origin})")
+    return pos
 
 
 def lift_main(args):
     from . import distributed
-    from .backends import BackendUnavailableError
-    from .checkpoint import CheckpointError
-    from .render import RenderError
+    from .load import check_device
 
-    ctx = None
+    ctx, code, device = None, EXIT_OK, None
     try:
-        if (args.checkpoint is None) == (not args.random_weights):
-            raise UsageError("give exactly one of --checkpoint PATH (real weights) or --random-weights (a demo "
-                             "with meaningless output)")
-        if args.render:
-            if len(args.inputs) != 1:
-                raise UsageError("--render works with a single input file")
-            from .render import check_output
-            check_output(args.render)
-        if args.batch_size < 1:
-            raise UsageError(f"--batch-size: expected >= 1, got {args.batch_size}")
-        outputs = _output_paths(args.inputs, args.output)
-        for path in args.inputs:  # every rank checks every input, so all fail alike on a typo
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"input {path!r}: no such file")
+        outputs = _check_lift_args(args)
         ctx = distributed.from_env()
         device = args.device or distributed.default_device(ctx)
+        check_device(device, "--device")
         distributed.init(ctx, device)
         model, source = _build_model(args, device)
-        if args.random_weights:
-            print(RANDOM_BANNER.format(seed=args.seed), file=sys.stderr)
-            print(RANDOM_BANNER.format(seed=args.seed))
-        if ctx.rank == 0:
-            info = model.pyengine
-            print(f"model: {info.arch} ({', '.join(f'{k}={v}' for k, v in info.config.items())}); weights: "
-                  f"{source}; backend {info.backend}; {args.dtype} on {device}"
-                  + (f"; {ctx.world_size} ranks" if ctx.distributed else ""))
         mine = distributed.shard(zip(args.inputs, outputs), ctx)
-        for path, out_path in mine:
-            kp, pos = _lift_one(model, args, path, out_path, args.random_weights)
-            if args.render:
-                from .render import render
-                title = f"{model.pyengine.arch}" + (" - RANDOM WEIGHTS" if args.random_weights else "")
-                render(args.render, kp, pos, fps=args.render_fps, every=args.render_every, title=title)
-                print(f"rendered {args.render}")
-        code = 0
-    except (UsageError, CheckpointError, BackendUnavailableError, RenderError, ValueError, TypeError,
-            FileNotFoundError) as exc:
-        print(f"pyengine lift: error: {exc}", file=sys.stderr)
-        code = 2
+        # Read and check all of this rank's inputs before lifting or writing anything.
+        prepared = [(*_read_one(args, path), out_path) for path, out_path in mine]
+    except _user_errors() as exc:
+        code = _fail("lift", exc)
+    if ctx is not None and ctx.distributed:  # a rank that failed stops every rank before anything is written
+        worst = distributed.worst_exit_code(code, ctx, device)
+        if worst != code:
+            print("pyengine lift: error: another rank failed (see its message); nothing was written",
+                  file=sys.stderr)
+        code = worst
+    if code == EXIT_OK:
+        try:
+            if args.random_weights:
+                print(RANDOM_BANNER.format(seed=args.seed), file=sys.stderr)
+                print(RANDOM_BANNER.format(seed=args.seed))
+            if ctx.rank == 0:
+                info = model.pyengine
+                print(f"model: {info.arch} ({', '.join(f'{k}={v}' for k, v in info.config.items())}); weights: "
+                      f"{source}; backend {info.backend}; {args.dtype} on {device}"
+                      + (f"; {ctx.world_size} ranks" if ctx.distributed else ""))
+            for kp, raw, out_path in prepared:
+                _lift_one(model, args, kp, raw, out_path, args.random_weights)
+        except _user_errors() as exc:
+            code = _fail("lift", exc)
     if ctx is not None and ctx.distributed:
-        code = distributed.agree_exit_code(code, ctx, args.device or distributed.default_device(ctx))
+        code = distributed.agree_exit_code(code, ctx, device)
     return code
 
 

@@ -4,7 +4,8 @@
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; rank r lifts files ``r, r + N, r + 2N, ...`` (in the order
 given) with its own copy of the model, on ``cuda:LOCAL_RANK`` when CUDA is available (NCCL) and on the CPU
 otherwise (gloo). The process group is used only to agree on the exit code at the end (the worst of all ranks),
-so a rank that hit a bad file does not leave the others waiting and every rank exits with the same code.
+so a rank that hit a bad file does not leave the others waiting and every rank exits with the same code; the
+ranks also agree once after reading their inputs, so a bad file on any rank means no rank writes anything.
 """
 import os
 from dataclasses import dataclass
@@ -56,12 +57,21 @@ def shard(items, ctx):
     return list(items)[ctx.rank::ctx.world_size]
 
 
-def agree_exit_code(code, ctx, device):
-    """All ranks return the largest exit code of any rank, then leave the process group."""
+def worst_exit_code(code, ctx, device):
+    """The largest exit code of any rank (every rank must call it); the process group stays up. ``pyengine lift``
+    calls it after reading the inputs, so a rank with a bad file stops every rank before anything is written."""
     if not ctx.distributed or not torch.distributed.is_initialized():
         return code
     t = torch.tensor([code], dtype=torch.int64,
                      device=device if torch.distributed.get_backend() == "nccl" else "cpu")
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    torch.distributed.destroy_process_group()
     return int(t.item())
+
+
+def agree_exit_code(code, ctx, device):
+    """All ranks return the largest exit code of any rank, then leave the process group."""
+    if not ctx.distributed or not torch.distributed.is_initialized():
+        return code
+    code = worst_exit_code(code, ctx, device)
+    torch.distributed.destroy_process_group()
+    return code

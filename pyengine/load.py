@@ -29,14 +29,25 @@ class LoadInfo:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
+def _kind(dtype):
+    return "bool" if dtype == torch.bool else "complex" if dtype.is_complex else \
+        "floating" if dtype.is_floating_point else "integer"
+
+
 def check_keys(model, sd, arch, reason, config):
-    """Compare ``sd`` with ``model``'s own keys and shapes; raise one error that names every problem."""
+    """Compare ``sd`` with ``model``'s own keys, shapes and dtype kinds; raise one error that names every problem.
+
+    ``load_state_dict`` would cast an integer or bool tensor into a floating parameter (and back) without a word;
+    a floating parameter stored as integers is a broken checkpoint, so the kind (floating / integer / bool /
+    complex) must match. Floating precisions may differ (fp16 weights load into an fp32 model)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     misshaped = sorted((k, list(expected[k].shape), list(sd[k].shape)) for k in set(expected) & set(sd)
                        if expected[k].shape != sd[k].shape)
-    if not (missing or unexpected or misshaped):
+    mistyped = sorted((k, _kind(expected[k].dtype), sd[k].dtype) for k in set(expected) & set(sd)
+                      if _kind(expected[k].dtype) != _kind(sd[k].dtype))
+    if not (missing or unexpected or misshaped or mistyped):
         return
     parts = [f"checkpoint does not match arch {arch!r} ({reason}) with config "
              + ", ".join(f"{k}={v!r}" for k, v in config.items()) + ":"]
@@ -46,6 +57,9 @@ def check_keys(model, sd, arch, reason, config):
         parts.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
     for key, want, got in misshaped:
         parts.append(f"  mis-shaped key {key!r}: expected {want}, got {got}")
+    for key, want, got in mistyped:
+        parts.append(f"  key {key!r}: expected a {want} tensor, got dtype {str(got).replace('torch.', '')} (it "
+                     f"would be cast silently)")
     raise CheckpointError("\n".join(parts))
 
 
@@ -84,8 +98,46 @@ def _checkpoint_of(obj):
                     f"got {type(obj).__name__}")
 
 
+def check_device(device, name="device"):
+    """``torch.device(device)``, or a ValueError / BackendUnavailableError saying why it cannot be used here (an
+    unknown device string, CUDA on a CPU-only torch or without a visible GPU, an index past the last GPU)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}: expected a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
+    given = f"{name} {device}" if name.startswith("--") else f"{name}={device!r}"  # CLI option or argument
+    cpu = f"{name} cpu" if name.startswith("--") else f"{name}='cpu'"
+    if dev.type == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise BackendUnavailableError(f"{given}: this torch ({torch.__version__}) is built without CUDA; use "
+                                          f"{cpu} or install a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise BackendUnavailableError(f"{given}: no CUDA device is visible (CUDA_VISIBLE_DEVICES="
+                                          f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')!r}); use {cpu}")
+        if dev.index is not None and dev.index >= count:
+            raise BackendUnavailableError(f"{given}: there are only {count} CUDA device(s) (cuda:0 .. "
+                                          f"cuda:{count - 1})")
+    elif dev.type != "cpu":
+        raise ValueError(f"{name}: expected 'cpu' or a CUDA device ('cuda', 'cuda:N'), got {device!r}")
+    return dev
+
+
+def _finite_input_check(module, args, kwargs):
+    """``check_finite=True``: refuse a non-finite model input before the forward (a host sync, so opt-in)."""
+    x = args[0] if args else kwargs.get("x")
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).nonzero()
+        first = tuple(int(i) for i in bad[0])
+        value = float(x[first])
+        where = (f"window {first[0]}, frame {first[1]}, joint {first[2]}" if x.dim() == 4 and x.shape[-1] == 2
+                 else f"index {list(first)}")
+        raise ValueError(f"x: expected finite values (pyengine.load(..., check_finite=True)), got {value} at "
+                         f"{where} ({len(bad)} non-finite of {x.numel()} values, shape {list(x.shape)})")
+
+
 def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", allow_tf32=False, validate=False,
-         cuda_graphs=True, **config):
+         cuda_graphs=True, check_finite=False, **config):
     """Build an eval-mode pyengine model from ``obj`` and load its weights strictly.
 
     obj:     a path (``.pth``, ``.pt``, ``.bin``, ``.safetensors``), a state_dict, a checkpoint dict
@@ -104,6 +156,11 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
              ``pyengine.ValidationError`` if the deviation exceeds the dtype's tolerance (as ``pyengine verify``).
     cuda_graphs: on CUDA, inference calls (no grad) with a fixed input shape replay a CUDA graph captured after
              two warm-up runs (latency mode); ``False`` runs every call eagerly.
+    check_finite: check every call's input ``x`` for NaN / inf before the forward and raise ``ValueError``
+             naming the first bad value (window, frame, joint). Off by default: the check copies a flag to the
+             host, i.e. waits for the GPU on every call, and cannot be captured in a CUDA graph (it runs outside
+             the graph, as a forward pre-hook). The forward itself checks metadata only (shape, dtype, device);
+             ``pyengine.lift`` / ``Lifter`` / the readers check values where data enters.
     config:  hyperparameters by their published names (``frames``, ``channel``, ``token_num``, ``layer_index``,
              ``tie_break`` ...). Shape-determined ones are inferred and may be given only if they agree.
 
@@ -113,6 +170,10 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype: expected a floating torch.dtype (float32, bfloat16, float16), got {dtype!r}")
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite: expected True or False, got {check_finite!r}")
+    if device is not None:
+        check_device(device)
     ckpt, own_arch, own_config = _checkpoint_of(obj)
     if own_arch is not None:
         if arch is not None and arch != own_arch:
@@ -138,7 +199,9 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
     else:
         raise BackendUnavailableError(f"backend={backend!r}: arch {arch!r} has no fused implementation in this "
                                       f"version (fused: {sorted(engine.FUSED)}); use backend='reference' or 'auto'")
-    model = cls(**kwargs)
+    given = set(config)
+    evidence = {k: why for k, (_, why) in archs.infer(arch, ckpt.state_dict).items()}
+    model = archs.build(cls, arch, kwargs, given, evidence)
     check_keys(model, ckpt.state_dict, arch, reason, kwargs)
     model.load_state_dict(ckpt.state_dict, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
@@ -149,6 +212,8 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
         model.report = lambda: engine.report(model)
     if cuda_graphs and torch.device(device).type == "cuda" and cls is not archs.MODELS[arch]:
         engine.enable_cuda_graphs(model)
+    if check_finite:
+        model.register_forward_pre_hook(_finite_input_check, with_kwargs=True)
     if validate:
         engine.validate_once(model, arch, kwargs)
     return model

@@ -10,6 +10,7 @@ import numpy as np
 from .data.synth import LEFT_JOINTS, PARENTS, RIGHT_JOINTS
 
 FORMATS = (".gif", ".mp4")
+PROGRESS_MIN_FRAMES = 50  # progress=None shows a bar from this many drawn frames on
 
 
 class RenderError(RuntimeError):
@@ -33,12 +34,14 @@ def check_output(path):
     return ext
 
 
-def render(path, keypoints_2d, positions_3d, *, fps=25, every=1, dpi=80, title=None):
+def render(path, keypoints_2d, positions_3d, *, fps=25, every=1, dpi=80, title=None, progress=None):
     """Write an animation of ``keypoints_2d [T, 17, 2]`` (any 2D units, image y pointing down) beside
     ``positions_3d [T, 17, 3]`` (camera frame: x right, y down, z forward) to ``path`` (``.gif`` or ``.mp4``).
 
     every: draw only every ``every``-th frame (smaller, faster files); drawn frames are shown at ``fps`` per
-    second. Left joints are blue, right joints red. Returns ``path``."""
+    second (the CLI passes the input's fps by default). Left joints are blue, right joints red.
+    progress: a tqdm bar of the drawn frames on stderr; None shows it from PROGRESS_MIN_FRAMES drawn frames on
+    (drawing is the slow part, about 20 frames per second). Returns ``path``."""
     ext = check_output(path)
     kp = np.asarray(keypoints_2d, dtype=np.float64)
     pos = np.asarray(positions_3d, dtype=np.float64)
@@ -47,8 +50,10 @@ def render(path, keypoints_2d, positions_3d, *, fps=25, every=1, dpi=80, title=N
                           f"got {list(kp.shape)} and {list(pos.shape)}")
     if len(kp) == 0 or not (np.isfinite(kp).all() and np.isfinite(pos).all()):
         raise RenderError("render: the sequence is empty or has NaN/inf values")
-    if not (isinstance(every, int) and every >= 1 and fps > 0):
-        raise RenderError(f"render: expected every >= 1 (int) and fps > 0, got every={every!r}, fps={fps!r}")
+    if isinstance(every, bool) or not (isinstance(every, int) and every >= 1):
+        raise RenderError(f"render: every: expected an integer >= 1, got {every!r}")
+    if isinstance(fps, bool) or not (isinstance(fps, (int, float)) and np.isfinite(fps) and fps > 0):
+        raise RenderError(f"render: fps: expected a positive number, got {fps!r}")
 
     # A Figure with an Agg canvas, not pyplot: the user's matplotlib backend and figure list stay untouched.
     from matplotlib import animation
@@ -94,5 +99,14 @@ def render(path, keypoints_2d, positions_3d, *, fps=25, every=1, dpi=80, title=N
 
     anim = animation.FuncAnimation(fig, draw, frames=frames, blit=False)
     writer = animation.PillowWriter(fps=fps) if ext == ".gif" else animation.FFMpegWriter(fps=fps)
-    anim.save(str(path), writer=writer, dpi=dpi)
+    bar = None
+    if progress or (progress is None and len(frames) >= PROGRESS_MIN_FRAMES):
+        from tqdm import tqdm
+        bar = tqdm(total=len(frames), desc=f"rendering {os.path.basename(str(path))}", unit="frame", leave=False)
+    try:
+        anim.save(str(path), writer=writer, dpi=dpi,
+                  progress_callback=None if bar is None else (lambda i, n: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
     return path

@@ -1,6 +1,7 @@
 """``pyengine verify``: run a model on the shipped 2D sample and compare it, module by module, with an fp64 eager
 reference holding the same weights. The table lists each module that an accelerated backend replaces (MHG
-encoders, SHR/CHI blocks, spatial/temporal blocks, TRA, SUSA units ...), the backend it ran on and its deviation.
+encoders, SHR/CHI blocks, spatial/temporal blocks, TRA, SUSA units ...), the kernels it ran on (from
+``model.report()``: what ran, e.g. ``cpp``, never the requested ``auto``) and its deviation.
 Each module row runs that module alone on the fp64 reference's input to it (cast to the compute dtype), so a row
 shows the module's own error; the last row is the whole model end to end.
 """
@@ -44,7 +45,7 @@ def watched(arch):
 class Row:
     module: str
     kind: str
-    backend: str
+    backend: str  # the kernels that ran ("cpp", "cpp+torch", "reference" ...), not the requested backend
     rel: float
     tol: float
 
@@ -113,9 +114,25 @@ def module_outputs(model, names, inputs, dtype):
     return out
 
 
+def kernels_that_ran(model):
+    """``name -> kernels`` ("cpp", "cpp+torch", "reference" ...) per module of ``model.report()``, plus
+    ``"(whole model output)"``: what actually runs, never the requested ``auto``."""
+    from .engine import report
+    per = {}
+    for row in report(model):
+        impls = {kv.split("=", 1)[1] for kv in re.split(r"[ ,]+", row.kernels) if "=" in kv} or {row.kernels}
+        per.setdefault(row.module, set()).update(impls)
+    every = set().union(*per.values()) if per else {"reference"}
+    out = {name: "+".join(sorted(impls)) for name, impls in per.items()}
+    out["(whole model output)"] = "+".join(sorted(every))
+    return out
+
+
 def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, device="cpu", batch=2, seed=0,
         **config):
     """Return ``(rows, info)``: one Row per watched module plus the whole model's output."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch: expected an integer >= 1 (windows), got {batch!r}")
     if checkpoint is not None:
         model = load(checkpoint, arch=arch, backend=backend, dtype=dtype, device=device, **config)
         source = checkpoint
@@ -126,8 +143,8 @@ def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, d
         missing = sorted(k for k, v in kwargs.items() if v is inspect.Parameter.empty)
         if missing:
             raise ValueError(f"verify: arch {arch!r} with random weights needs {missing} (e.g. --channels 40)")
-        model = load(randomize_(archs.MODELS[arch](**kwargs), seed), backend=backend, dtype=dtype,
-                     device=device)
+        model = load(randomize_(archs.construct(arch, kwargs, given=set(config)), seed), backend=backend,
+                     dtype=dtype, device=device)
         source = f"random weights (seed {seed})"
     info = model.pyengine
 
@@ -161,11 +178,14 @@ def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, d
         got = module_outputs(model, names, want, dtype)
         base = module_outputs(same_precision, names, want, dtype)
     floor = TOLERANCE[dtype]
+    ran = kernels_that_ran(model)
+    # A module without its own report row runs inside its parent's kernels (or is the reference model).
+    whole = ran["(whole model output)"]
     rows = []
     for name, kind, a, b, e in [*((n, kinds[n], got[n], want[n][1], base[n]) for n in names),
                                 ("(whole model output)", "model", out, ref_out, base_out)]:
         tol = max(floor, EAGER_FACTOR * rel_error(e, b))
-        rows.append(Row(name, kind, info.backend, rel_error(a, b), tol))
+        rows.append(Row(name, kind, ran.get(name, whole), rel_error(a, b), tol))
     return rows, {"arch": info.arch, "config": info.config, "reason": info.reason, "source": source,
                   "inputs": inputs, "dtype": str(dtype).replace("torch.", ""), "device": str(device)}
 
@@ -176,10 +196,10 @@ def format_table(rows, meta):
              f"weights: {meta['source']}; input: {meta['inputs']}; dtype {meta['dtype']} on {meta['device']}",
              "deviation = max|engine - fp64 eager reference| / max|reference|; tolerance = "
              f"max({EAGER_FACTOR:g} x the same-precision eager deviation, a per-dtype floor)", ""]
-    head = f"{'module':<40} {'kind':<15} {'backend':<10} {'deviation':>10} {'tolerance':>10}  status"
+    head = f"{'module':<40} {'kind':<15} {'kernels':<12} {'deviation':>10} {'tolerance':>10}  status"
     lines += [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.module:<40} {r.kind:<15} {r.backend:<10} {r.rel:>10.2e} {r.tol:>10.1e}  "
+        lines.append(f"{r.module:<40} {r.kind:<15} {r.backend:<12} {r.rel:>10.2e} {r.tol:>10.1e}  "
                      f"{'ok' if r.ok else 'FAIL'}")
     bad = [r.module for r in rows if not r.ok]
     lines += ["", f"FAILED: {len(bad)} module(s) over tolerance: {bad}" if bad else

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+import pyengine
 from pyengine import cli, verify
 from pyengine.models import MHFormer
 from pyengine.testing import randomize_
@@ -23,7 +24,14 @@ def test_verify_small_mhformer_lists_every_accelerated_module(capsys):
     for name in ("Transformer_encoder_1", "Transformer_encoder_3", "Transformer_hypothesis.SHR_blocks.1",
                  "Transformer_hypothesis.CHI_blocks.0", "(whole model output)"):
         assert name in out
-    assert " auto " in out and "OK: 7 checks within tolerance" in out
+    assert "OK: 7 checks within tolerance" in out
+    # The kernels column says what ran (as model.report() does), never the requested backend "auto".
+    assert " auto " not in out
+    report = pyengine.load(randomize_(MHFormer(frames=27, channel=32, d_hid=48), 0)).report()
+    ran = {kv.split("=")[1] for r in report if r.module == "Transformer_encoder_1"
+           for kv in r.kernels.replace(",", " ").split()}
+    row = next(line for line in out.splitlines() if line.startswith("Transformer_encoder_1 "))
+    assert ran and row.split()[3] == "+".join(sorted(ran))
     code, out, _ = run(capsys, *small, "--backend", "reference")  # the reference: every watched module
     assert code == 0 and "regression" in out and "OK: 11 checks within tolerance" in out
 

@@ -251,11 +251,19 @@ def test_arch_that_contradicts_the_keys():
 
 
 def test_bn_embedding_with_too_many_frames_is_explained():
-    sd = small_mhformer(27).state_dict()
-    sd = {k: v for k, v in sd.items()}
+    # A consistent frames=36 checkpoint carrying the BatchNorm embedding of a frames <= 27 model.
+    sd = dict(small_mhformer(36).state_dict())
+    sd = {k: v for k, v in sd.items() if not k.startswith("embedding_")}
+    sd.update({k: v for k, v in small_mhformer(27).state_dict().items() if k.startswith("embedding_")})
+    with pytest.raises(CheckpointError, match=r"BatchNorm embedding .* frames=36 .*frames <= 27"):
+        pyengine.load(sd)
+    # Only the norm_k keys edited to 36 frames: the four other keys that give frames say 27, so those are
+    # reported as the mis-shaped keys they are.
+    sd = dict(small_mhformer(27).state_dict())
     for k in ("norm_1", "norm_2", "norm_3"):
         sd[k + ".weight"], sd[k + ".bias"] = torch.ones(36), torch.zeros(36)
-    with pytest.raises(CheckpointError, match=r"BatchNorm embedding .* frames=36 .*frames <= 27"):
+    with pytest.raises(CheckpointError, match=r"mis-shaped key\(s\) 'norm_1.weight' of shape \[36\], 'norm_2.weight'"
+                                              r".* give frames=27"):
         pyengine.load(sd)
 
 
