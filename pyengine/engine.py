@@ -78,7 +78,12 @@ class ReportRow:
 
 
 class Report(list):
-    """``model.report()``: one row per part of the model — the module, what runs, the kernel per op, and why."""
+    """``model.report()`` and ``pyengine.report(module)`` (the same type from both): one row per part of the model —
+    the module, what runs, the kernel per op, and why. A list of ``ReportRow`` that shows itself as the table
+    (``str`` and ``repr``), so an interactive session prints text either way."""
+
+    def __repr__(self):
+        return self.__str__()
 
     def __str__(self):
         w = max([len(r.module) for r in self] + [6])

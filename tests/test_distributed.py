@@ -81,4 +81,5 @@ def test_a_bad_file_on_one_rank_fails_every_rank(inputs, tmp_path):
     results = launch([inputs[0], str(bad), "-o", str(tmp_path / "out"), *MODEL])  # bad.npz is rank 1's
     assert [code for code, _, _ in results] == [2, 2]
     assert "got [5, 16, 2]" in results[1][2]
-    assert os.path.exists(tmp_path / "out" / "clip0.npz")
+    # The ranks agree after reading their inputs: rank 0's good file is not written either.
+    assert "another rank failed" in results[0][2] and not os.path.exists(tmp_path / "out" / "clip0.npz")
