@@ -1,8 +1,11 @@
 """Compile kernels for the H100 (sm_90) on a machine without a GPU, and check their resources.
 
 CI runs this for every Triton kernel configuration the launchers can pick (each kernel module lists them in
-``sm90_cases()``) and for every ``csrc/*.cu`` file: a compile error, any register spill, or shared memory above
-the H100's per-block limit fails the build. The interpreter is lenient (odd tile shapes, exact fp32 dots); the
+``sm90_cases()``, compiled without divisibility facts), for every variant a real launch of a headline model
+produces (``pyengine/data/launch_variants.json``, recorded by :mod:`pyengine.launch_record`: the exact
+signature, constexprs, ``tt.divisibility`` attributes and options the JIT would compile on an H100), and for every
+``csrc/*.cu`` file: a compile error, any register spill, or shared memory above the H100's per-block limit fails
+the build. The interpreter is lenient (odd tile shapes, exact fp32 dots); the
 real compiler is not, so this is the check that the kernels will build on the chip.
 """
 import dataclasses
@@ -22,13 +25,17 @@ H100_REG_LIMIT = 255
 @dataclasses.dataclass
 class KernelCase:
     """One compiled configuration of a Triton kernel: the signature (``{"x_ptr": "*fp16", "n": "i32",
-    "BLOCK": "constexpr"}``), the constexpr values, and the launch options."""
+    "BLOCK": "constexpr"}``), the constexpr values, the launch options, and the specialisation attributes
+    (``{"x_ptr": [["tt.divisibility", 16]]}``, as a real launch on aligned arguments gets) plus any other
+    compile options the launcher passes (``{"enable_fp_fusion": False}``)."""
     name: str
     fn: Callable
     signature: Dict[str, str]
     constexprs: Dict[str, Any]
     num_warps: int = 4
     num_stages: int = 3
+    attrs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -37,6 +44,7 @@ class Resources:
     registers: int
     spill_bytes: int
     shared_bytes: int
+    divisible_args: int = 0  # kernel arguments compiled with tt.divisibility = 16 (Triton only)
 
     def problems(self):
         out = []
@@ -74,9 +82,10 @@ def compile_triton_sm90(case: KernelCase) -> Resources:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=case.fn, signature=case.signature, constexprs=case.constexprs)
+    attrs = {(case.fn.arg_names.index(name),): value for name, value in case.attrs.items()}
+    src = ASTSource(fn=case.fn, signature=case.signature, constexprs=case.constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": case.num_warps, "num_stages": case.num_stages})
+                              options={**case.options, "num_warps": case.num_warps, "num_stages": case.num_stages})
     ptx = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
@@ -88,7 +97,16 @@ def compile_triton_sm90(case: KernelCase) -> Resources:
     if res.returncode != 0:
         raise RuntimeError(f"ptxas failed on {case.name}:\n{res.stderr}")
     regs, spills, smem = _parse_ptxas(res.stderr + res.stdout)
-    return Resources(case.name, regs, spills, max(smem, int(compiled.metadata.shared)))
+    return Resources(case.name, regs, spills, max(smem, int(compiled.metadata.shared)),
+                     _divisible_args(compiled.asm["ttir"]))
+
+
+def _divisible_args(ttir: str) -> int:
+    """How many arguments of the public kernel carry ``tt.divisibility = 16`` in the TTIR (the proof that the
+    recorded attributes reached the compiler)."""
+    start = ttir.find("tt.func public")
+    head = ttir[start:ttir.find(") attributes", start)]
+    return head.count("tt.divisibility = 16")
 
 
 def nvcc():
@@ -128,6 +146,35 @@ def triton_cases():
     return [case for module in kernel_modules() if hasattr(module, "sm90_cases") for case in module.sm90_cases()]
 
 
+def recorded_name(variant) -> str:
+    """A stable test id for a recorded variant: kernel, a digest of the variant, and the first forward using it
+    (``recorded:ln_linear_kernel-3f2a9c1e@mhformer-351/bf16/b2``)."""
+    import hashlib
+    import json
+    short = variant["kernel"].split(":")[-1].lstrip("_")
+    body = {k: v for k, v in variant.items() if k != "used_by"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+    return f"recorded:{short}-{digest}@{variant['used_by'][0]}"
+
+
+def recorded_cases(path=None):
+    """A ``KernelCase`` per variant recorded from real launches of the headline models (see
+    :mod:`pyengine.launch_record`). Each kernel is resolved by ``module:function`` name."""
+    import importlib
+
+    from pyengine.launch_record import VARIANTS_PATH, decode_value, load_file
+    cases = []
+    for variant in load_file(path or VARIANTS_PATH)["variants"]:
+        module_name, fn_name = variant["kernel"].split(":")
+        fn = getattr(importlib.import_module(module_name), fn_name)
+        opts = dict(variant["options"])
+        cases.append(KernelCase(recorded_name(variant), fn, variant["signature"],
+                                {k: decode_value(v) for k, v in variant["constexprs"].items()},
+                                num_warps=opts.pop("num_warps"), num_stages=opts.pop("num_stages"),
+                                attrs=variant["attrs"], options=opts))
+    return cases
+
+
 def cuda_sources(root=None):
     root = root or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
     return sorted(glob.glob(os.path.join(root, "**", "*.cu"), recursive=True))
@@ -137,7 +184,7 @@ def check_all(json_out=None):
     """Compile every Triton case and CUDA source; ``{name: {"registers", "spill_bytes", "shared_bytes",
     "problems", "error"}}``. Must run with ``TRITON_INTERPRET=0`` (see ``main``)."""
     results = {}
-    for case in triton_cases():
+    for case in triton_cases() + recorded_cases():
         try:
             res = compile_triton_sm90(case)
             results["triton:" + case.name] = {**dataclasses.asdict(res), "problems": res.problems(), "error": None}

@@ -1,5 +1,7 @@
-"""Every Triton kernel configuration a launcher can pick, and every CUDA source, compiles for the H100 (sm_90)
-on this GPU-less machine with no register spills and shared memory within the H100 limit.
+"""Every Triton kernel configuration a launcher can pick, every variant a real launch of a headline model
+produces (recorded in pyengine/data/launch_variants.json, see pyengine/launch_record.py), and every CUDA source,
+compiles for the H100 (sm_90) on this GPU-less machine with no register spills and shared memory within the
+H100 limit.
 
 The compiles run in one subprocess with ``TRITON_INTERPRET=0`` (this test process runs under the interpreter,
 whose ``@triton.jit`` functions ``triton.compile`` cannot take); each case is then its own test."""
@@ -7,9 +9,12 @@ import os
 
 import pytest
 
-from pyengine.compile_check import cuda_sources, kernel_modules, nvcc, run_in_subprocess, triton_cases
+from pyengine.compile_check import (cuda_sources, kernel_modules, nvcc, recorded_cases, run_in_subprocess,
+                                     triton_cases)
 
-NAMES = ["triton:" + c.name for c in triton_cases()] + ["cuda:" + os.path.basename(p) for p in cuda_sources()]
+RECORDED = {"triton:" + c.name: c for c in recorded_cases()}
+NAMES = (["triton:" + c.name for c in triton_cases()] + list(RECORDED)
+         + ["cuda:" + os.path.basename(p) for p in cuda_sources()])
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +30,14 @@ def test_compiles_for_sm90(results, name):
     assert r["error"] is None, f"{name}: {r['error']}"
     assert r["registers"] > 0, f"{name}: ptxas reported no register count (parse error?)"
     assert not r["problems"], f"{name}: {', '.join(r['problems'])} ({r})"
+    if name in RECORDED:  # the recorded tt.divisibility attributes reached the compiled kernel
+        assert r["divisible_args"] == len(RECORDED[name].attrs), f"{name}: {r}"
+
+
+def test_recorded_variants_are_compiled():
+    """Dozens of distinct real-launch variants (dtype x divisibility x constexprs), all with unique ids."""
+    assert len(RECORDED) >= 50
+    assert len(set(NAMES)) == len(NAMES)
 
 
 def test_every_kernel_module_lists_its_configurations():
