@@ -131,6 +131,73 @@ def compile_cuda_sm90(path: str, include_dirs=()) -> Resources:
     return Resources(os.path.basename(path), regs, spills, smem)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The CUDA glue (csrc/*_cuda_glue.cpp, the torch-facing side of the .cu kernels) is compiled only by a CUDA torch,
+# which CI does not have; `g++ -fsyntax-only` with the CUDA path enabled checks it against the CPU wheel's headers
+# (which include c10/cuda and ATen/cuda) plus the CUDA toolkit's. The CPU wheel lacks the two headers CMake
+# generates for a CUDA build; these stand-ins hold what a CUDA build's copies define (the glue needs only the
+# first today; ATen/cuda/CUDAContext.h users would need the second).
+# ---------------------------------------------------------------------------------------------------------------
+GENERATED_CUDA_HEADERS = {
+    "c10/cuda/impl/cuda_cmake_macros.h": "#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n",
+    "ATen/cuda/CUDAConfig.h": ("#pragma once\n#define AT_CUDNN_ENABLED() 0\n#define AT_CUSPARSELT_ENABLED() 0\n"
+                               "#define AT_HIPSPARSELT_ENABLED() 0\n#define AT_ROCM_ENABLED() 0\n"
+                               "#define AT_MAGMA_ENABLED() 0\n#define NVCC_FLAGS_EXTRA \"\"\n"),
+}
+# The macros the glue files test: setup.py defines PYENGINE_WITH_CUDA when it builds the .cu kernels.
+GLUE_DEFINES = ("PYENGINE_WITH_CUDA",)
+
+
+def glue_sources(root=None):
+    root = root or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    return sorted(glob.glob(os.path.join(root, "**", "*_cuda_glue.cpp"), recursive=True))
+
+
+def cuda_include_dirs():
+    """The toolkit's include directories, as nvcc itself reports them (``nvcc --dryrun``; nvcc may be a
+    wrapper script, so its path says nothing)."""
+    exe = nvcc()
+    if exe is None:
+        raise RuntimeError("nvcc not found: the CUDA glue cannot be syntax-checked (install the CUDA toolkit)")
+    res = subprocess.run([exe, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                         capture_output=True, text=True)
+    dirs = [d for d in re.findall(r'-I"?([^"\s]+)', res.stderr + res.stdout)
+            if os.path.exists(os.path.join(d, "cuda_runtime_api.h"))]
+    if not dirs:
+        raise RuntimeError(f"nvcc --dryrun named no include directory with cuda_runtime_api.h:\n{res.stderr}")
+    return list(dict.fromkeys(dirs))
+
+
+def syntax_check_glue(path: str, extra_source: str = None) -> None:
+    """``g++ -std=c++17 -fsyntax-only -Wall -Wextra -Werror -DPYENGINE_WITH_CUDA`` on one glue file against the
+    CPU torch wheel's headers, the generated-header stand-ins and the CUDA headers (all ``-isystem``: warnings
+    count in the glue only). Raises ``RuntimeError`` with the compiler's output on any error or warning.
+    ``extra_source``: compile this text instead of the file (tests plant errors with it)."""
+    import sysconfig
+
+    from torch.utils.cpp_extension import include_paths
+    gxx = shutil.which("g++")
+    if gxx is None:
+        raise RuntimeError("g++ not found: the CUDA glue cannot be syntax-checked")
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel, text in GENERATED_CUDA_HEADERS.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+            with open(os.path.join(tmp, rel), "w") as f:
+                f.write(text)
+        src = path
+        if extra_source is not None:
+            src = os.path.join(tmp, os.path.basename(path))
+            with open(src, "w") as f:
+                f.write(extra_source)
+        cmd = [gxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-I", os.path.dirname(path)]
+        cmd += [f"-D{m}" for m in GLUE_DEFINES]
+        for d in [tmp, *include_paths(), *cuda_include_dirs(), sysconfig.get_paths()["include"]]:
+            cmd += ["-isystem", d]
+        res = subprocess.run(cmd + [src], capture_output=True, text=True)
+    if res.returncode != 0 or res.stderr.strip():
+        raise RuntimeError(f"g++ -fsyntax-only failed on {os.path.basename(path)}:\n{res.stderr[-6000:]}")
+
+
 def kernel_modules():
     """The kernel modules of ``pyengine.kernels`` (every public one)."""
     import importlib

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from pyengine.compile_check import (cuda_sources, kernel_modules, nvcc, recorded_cases, run_in_subprocess,
-                                     triton_cases)
+from pyengine.compile_check import (cuda_sources, glue_sources, kernel_modules, nvcc, recorded_cases,
+                                     run_in_subprocess, syntax_check_glue, triton_cases)
 
 RECORDED = {"triton:" + c.name: c for c in recorded_cases()}
 NAMES = (["triton:" + c.name for c in triton_cases()] + list(RECORDED)
@@ -48,3 +48,26 @@ def test_every_kernel_module_lists_its_configurations():
         if jitted and not hasattr(module, "sm90_cases"):
             missing.append(module.__name__)
     assert not missing, f"kernel modules without sm90_cases(): {missing}"
+
+
+GLUE = {os.path.basename(p): p for p in glue_sources()}
+
+
+@pytest.mark.parametrize("name", sorted(GLUE))
+def test_cuda_glue_compiles_with_the_cuda_path(name):
+    """The torch-facing glue of each .cu kernel, with PYENGINE_WITH_CUDA (as setup.py builds it against a CUDA
+    torch), compiles against the CPU wheel's headers: a wrong c10::cuda / ATen call fails here, not on a GPU box."""
+    syntax_check_glue(GLUE[name])
+
+
+def test_glue_check_sees_the_cuda_path():
+    """The check compiles what sits under #ifdef PYENGINE_WITH_CUDA (an error planted there fails it) and every
+    glue file guards its CUDA code with that macro."""
+    assert GLUE, "no csrc/*_cuda_glue.cpp found"
+    for path in GLUE.values():
+        assert "#ifdef PYENGINE_WITH_CUDA" in open(path).read(), path
+    planted = ("#ifdef PYENGINE_WITH_CUDA\n#include <c10/cuda/CUDAStream.h>\n"
+               "void f() { auto s = c10::cuda::getCurrentCUDAStream(); s.no_such_member(); }\n#endif\n")
+    with pytest.raises(RuntimeError, match="no_such_member"):
+        syntax_check_glue(next(iter(GLUE.values())), extra_source=planted)
+    syntax_check_glue(next(iter(GLUE.values())), extra_source=planted.replace(" s.no_such_member();", " (void)s;"))
