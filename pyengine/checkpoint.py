@@ -116,7 +116,8 @@ def _read_file(path, suffix):
         return obj, ["the file holds a pickled numpy RandomState (MixSTE's 'random_state'); it was read with "
                      "only numpy's RandomState globals allow-listed and then ignored"]
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint: cannot read {path} as a PyTorch file: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path!r}: cannot be read as a PyTorch file, truncated or of another "
+                              f"format ({exc})") from exc
 
 
 def _is_tensor_dict(obj):

@@ -517,7 +517,8 @@ def _given_or_file(name, given, in_file, source):
     if given is None:
         return in_file
     if in_file is not None and float(given) != float(in_file):
-        raise KeypointError(f"{name}={given!r} contradicts {source}, which says {name} {in_file:g}; drop {name}= "
+        shown = f"{given:g}" if isinstance(given, (int, float, np.number)) else repr(given)
+        raise KeypointError(f"{name}={shown} contradicts {source}, which says {name} {in_file:g}; drop {name}= "
                             f"(CLI --{name}) or fix the file")
     return given
 

@@ -46,6 +46,8 @@ def test_lift_sample_npz_with_render(capsys, tmp_path):
     kp, _ = load_keypoints(SAMPLE_NPZ)
     np.testing.assert_allclose(got, lift(model, kp), rtol=0, atol=1e-6)
     assert Image.open(gif).n_frames == 3
+    # The picture plays at the input's frame rate (the sample says 50 fps) unless --render-fps says otherwise.
+    assert "(50 fps, the input's)" in out and Image.open(gif).info["duration"] == 20
 
 
 def test_lift_sample_mmpose_json_to_directory(capsys, tmp_path):
@@ -127,12 +129,15 @@ def test_bench_is_delegated(capsys, monkeypatch):
     assert "pyengine.bench is not installed" in capsys.readouterr().err
 
 
-def test_render_writes_a_small_gif(tmp_path):
+def test_render_writes_a_small_gif(tmp_path, capsys):
     with np.load(SAMPLE_NPZ) as d:
         kp, pos = d["keypoints_2d"][:6], d["positions_3d"][:6]
-    path = render(tmp_path / "t.gif", kp, pos, fps=10, every=2, dpi=30, title="test")
+    path = render(tmp_path / "t.gif", kp, pos, fps=10, every=2, dpi=30, title="test", progress=True)
     with Image.open(path) as im:
         assert im.format == "GIF" and im.n_frames == 3 and im.size == (240, 120)
+    assert "rendering t.gif" in capsys.readouterr().err  # the progress bar
+    with pytest.raises(RenderError, match=r"fps: expected a positive number, got 0"):
+        render(tmp_path / "u.gif", kp, pos, fps=0)
     with pytest.raises(RenderError, match="same T"):
         render(tmp_path / "u.gif", kp, pos[:5])
     with pytest.raises(RenderError, match="NaN"):
