@@ -426,6 +426,7 @@ def _lift_one(model, args, kp, raw, out_path, random_weights):
             from .render import render
             fps = args.render_fps or raw.fps or 25.0
             title = f"{info.arch}" + (" - RANDOM WEIGHTS" if random_weights else "")
+            os.makedirs(os.path.dirname(os.path.abspath(args.render)), exist_ok=True)  # checked creatable up front
             tmp = _partial(args.render)
             render(tmp, kp, pos, fps=fps, every=args.render_every, title=title, progress=args.progress)
             written.append((tmp, args.render))

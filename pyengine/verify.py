@@ -196,10 +196,10 @@ def format_table(rows, meta):
              f"weights: {meta['source']}; input: {meta['inputs']}; dtype {meta['dtype']} on {meta['device']}",
              "deviation = max|engine - fp64 eager reference| / max|reference|; tolerance = "
              f"max({EAGER_FACTOR:g} x the same-precision eager deviation, a per-dtype floor)", ""]
-    head = f"{'module':<40} {'kind':<15} {'kernels':<12} {'deviation':>10} {'tolerance':>10}  status"
+    head = f"{'module':<40} {'kind':<15} {'kernels':<16} {'deviation':>10} {'tolerance':>10}  status"
     lines += [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.module:<40} {r.kind:<15} {r.backend:<12} {r.rel:>10.2e} {r.tol:>10.1e}  "
+        lines.append(f"{r.module:<40} {r.kind:<15} {r.backend:<16} {r.rel:>10.2e} {r.tol:>10.1e}  "
                      f"{'ok' if r.ok else 'FAIL'}")
     bad = [r.module for r in rows if not r.ok]
     lines += ["", f"FAILED: {len(bad)} module(s) over tolerance: {bad}" if bad else
