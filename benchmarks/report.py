@@ -6,7 +6,8 @@ Several files are merged (e.g. the stages of benchmarks/gpu_suite.sh); a ``.json
 that benchmarks/conftest.py appends to as it goes (PYENGINE_BENCH_PARTIAL), read when a stage did not finish.
 Derived columns (docs/benchmarks.md) come from each row's ``extra_info``: windows/s and frames/s, speedup over
 the eager row of the same dtype and over the best torch.compile row, TFLOP/s and GB/s, and their fraction of
-the peaks measured in the same run (rows with ``extra_info["impl"] == "peak"``, benchmarks/test_bench_peaks.py)."""
+the peaks measured in the same run (rows with ``extra_info["impl"] == "peak"``, benchmarks/test_bench_peaks.py),
+and the H200 roofline prediction of :mod:`pyengine.perf_model` with measured / predicted for every GPU row."""
 import argparse
 import json
 import os
@@ -15,6 +16,7 @@ from collections import defaultdict
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from pyengine import bench as pb  # noqa: E402
+from pyengine import perf_model as pm  # noqa: E402
 
 SHORT_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -82,14 +84,37 @@ def header(meta, paths, peaks):
 
 
 HEADER = ("| row | median (ms) | min (ms) | IQR (ms) | rounds | vs fastest | windows/s | frames/s | vs eager "
-          "| vs best compile | TFLOP/s | % peak FLOP/s | GB/s (compulsory) | % peak BW |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| vs best compile | TFLOP/s | % peak FLOP/s | GB/s (compulsory) | % peak BW | predicted (H200 roofline, ms) "
+          "| measured / predicted |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+PREDICTION_NOTE = (
+    f"- predicted: the {pm.DEVICE} roofline of pyengine/perf_model.py (docs/benchmarks.md), max(FLOPs / peak, bytes / "
+    f"{pm.BANDWIDTH / 1e12:.1f} TB/s) + {pm.LAUNCH_S * 1e6:.0f} us per launch at peaks "
+    + ", ".join(f"{k} {v / 1e12:.0f}" for k, v in pm.PEAK_FLOPS.items()) + " TFLOP/s; `k`: summed over the "
+    "recorded kernel launches of this forward (pyengine/data/launch_variants.json), `c`: from the row's counted "
+    "FLOPs and compulsory bytes as one launch. measured / predicted only for GPU rows (a CPU row's prediction is "
+    "still the H200's).")
+
+
+def is_gpu_row(r):
+    return r["extra"].get("device", "cpu") != "cpu"
+
+
+def prediction_cells(r):
+    """``(predicted, measured / predicted)`` cells of a row (``–`` when there is no prediction / a CPU row)."""
+    pred = pm.predict_row(r["extra"])
+    if pred is None:
+        return "–", "–"
+    seconds, basis = pred
+    ratio = f"{r['median'] / seconds:.2f}x" if is_gpu_row(r) else "–"
+    return f"{seconds * 1e3:.4g} {basis}", ratio
 
 
 def line(r, fastest):
-    derived = pb.table_row(r["name"], r).split("|")[3:]  # windows/s ... % peak BW (after name and median)
+    derived = pb.table_row(r["name"], r).split("|")[3:-1]  # windows/s ... % peak BW (after name and median)
+    predicted, ratio = prediction_cells(r)
     return (f"| `{r['name']}` | {r['median'] * 1e3:.3f} | {r['min'] * 1e3:.3f} | {r['iqr'] * 1e3:.3f} | "
-            f"{r['rounds']} | {r['median'] / fastest:.2f}x |" + "|".join(derived))
+            f"{r['rounds']} | {r['median'] / fastest:.2f}x |" + "|".join(derived) + f"| {predicted} | {ratio} |")
 
 
 def report(paths, chart=None):
@@ -99,6 +124,7 @@ def report(paths, chart=None):
     peaks = pb.peaks_of(rows)
     pb.derive(rows, peaks)
     out = header(meta, paths, peaks)
+    out[-1:-1] = [PREDICTION_NOTE]
     groups = defaultdict(list)
     for r in rows:
         groups[r["group"]].append(r)
