@@ -473,9 +473,11 @@ def lift_main(args):
                 print(RANDOM_BANNER.format(seed=args.seed), file=sys.stderr)
                 print(RANDOM_BANNER.format(seed=args.seed))
             if ctx.rank == 0:
+                from .verify import kernels_that_ran
                 info = model.pyengine
+                ran = kernels_that_ran(model)["(whole model output)"]  # what runs, not just the requested backend
                 print(f"model: {info.arch} ({', '.join(f'{k}={v}' for k, v in info.config.items())}); weights: "
-                      f"{source}; backend {info.backend}; {args.dtype} on {device}"
+                      f"{source}; backend {info.backend} (kernels {ran}); {args.dtype} on {device}"
                       + (f"; {ctx.world_size} ranks" if ctx.distributed else ""))
             for kp, raw, out_path in prepared:
                 _lift_one(model, args, kp, raw, out_path, args.random_weights)
