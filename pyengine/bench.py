@@ -60,7 +60,13 @@ def default_device():
 
 
 def default_dtype(device):
-    """The chosen precision: bf16 on CUDA (tensor cores), fp32 on CPU (no fast bf16 path there)."""
+    """The chosen precision: bf16 on CUDA (tensor cores), fp32 on CPU (no fast bf16 path there); the environment
+    variable PYENGINE_BENCH_DTYPE (float32 / bfloat16 / float16) wins (CI collects the GPU's rows with it)."""
+    forced = os.environ.get("PYENGINE_BENCH_DTYPE")
+    if forced:
+        if forced not in DTYPES:
+            raise ValueError(f"PYENGINE_BENCH_DTYPE: expected one of {sorted(DTYPES)}, got {forced!r}")
+        return DTYPES[forced]
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
@@ -195,7 +201,8 @@ def row_ids(dtype, device):
     if dtype != torch.float32:
         rows.append(("eager", SHORT[dtype], dtype))
     rows += [("compile", mode, dtype) for mode in COMPILE_MODES]
-    rows += [("pyengine", b, dtype) for b in PYENGINE_BACKENDS]
+    # pyengine at the chosen precision and, below it, in fp32 too (the fp32 kernels are checked and timed as well)
+    rows += [("pyengine", b, d) for d in dict.fromkeys((dtype, torch.float32)) for b in PYENGINE_BACKENDS]
     return rows
 
 

@@ -118,7 +118,7 @@ def test_torch_compile_and_export():
     assert torch.equal(torch.export.export(Gather(), (x, index)).module()(x, index), want)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel on the GPU needs CUDA")
+@pytest.mark.gpu
 def test_triton_on_gpu():
     buf = torch.randn(4, 351, 3 * 512, device="cuda", dtype=torch.bfloat16)
     index = random_index(4, 351, 117).cuda()

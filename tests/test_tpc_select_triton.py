@@ -160,10 +160,10 @@ def test_torch_compile_and_export():
     assert torch.equal(exported.module()(x), want)
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA implementation needs a GPU")
 
 
-@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.cuda_ext
 @pytest.mark.parametrize("N,C,keep,center", [(27, 20, 9, None), (81, 64, 27, 40), (243, 100, 81, None),
                                              (351, 1536, 117, 175), (1024, 33, 300, None)])
 def test_cuda_matches_reference_and_triton(N, C, keep, center):
@@ -175,7 +175,8 @@ def test_cuda_matches_reference_and_triton(N, C, keep, center):
     assert torch.equal(got.cpu(), select(x.cpu(), keep, "cpp", center=center))
 
 
-@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.cuda_ext
 @pytest.mark.parametrize("tie_break", ["index", "strict"])
 def test_cuda_ties_noise_and_half_inputs(tie_break):
     dup = torch.randn(3, 20, 6).repeat_interleave(2, dim=1).cuda()
