@@ -204,7 +204,7 @@ def record(execute=False, gpu_configs=True):
 
     def run(self, *args, grid, warmup, **kwargs):
         variant = variant_of(self.fn, args, kwargs)
-        jf, binder = _jit_function(self.fn)
+        _, binder = _jit_function(self.fn)
         bound, _, _ = binder(*args, **kwargs)  # every parameter by name (defaults applied), the real tensors
         g = grid(bound) if callable(grid) else grid
         g = tuple(int(x) for x in (tuple(g) + (1, 1))[:3])
