@@ -65,7 +65,8 @@ def read_file(path):
     ``CheckpointError`` naming the file."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path!r}: is a directory, expected a checkpoint file ({', '.join(SUFFIXES)})")
+        raise CheckpointError(f"checkpoint {path!r}: is a directory, expected a checkpoint file "
+                              f"({', '.join(SUFFIXES)})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     suffix = os.path.splitext(path)[1].lower()

@@ -172,16 +172,20 @@ def _joint_label(j, layout="h36m"):
 def _finish(xy, scores, layout, source, **kw):
     if layout not in LAYOUTS:
         raise KeypointError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    ids = kw.get("frame_ids")  # the video frame of each row (MMPose frame_id), else the row
+
+    def frame(t):
+        return t if ids is None else int(ids[t])
     inf = np.isinf(xy).any(-1)
     if inf.any():  # NaN means "missing" (handled by prepare_keypoints); infinity is a broken file
         t, j = map(int, np.argwhere(inf)[0])
-        raise KeypointError(f"{source}: frame {t} {_joint_label(j, layout)}: infinite coordinate {tuple(xy[t, j])} "
-                            f"({int(inf.sum())} in {int(inf.any(1).sum())} frames); expected finite pixel or "
-                            f"normalised values, or NaN for a missing keypoint")
+        raise KeypointError(f"{source}: frame {frame(t)} {_joint_label(j, layout)}: infinite coordinate "
+                            f"{tuple(xy[t, j])} ({int(inf.sum())} in {int(inf.any(1).sum())} frames); expected "
+                            f"finite pixel or normalised values, or NaN for a missing keypoint")
     if scores is not None and np.isinf(scores).any():
         t, j = map(int, np.argwhere(np.isinf(scores))[0])
-        raise KeypointError(f"{source}: frame {t} {_joint_label(j, layout)}: infinite score {scores[t, j]}; "
-                            f"expected a finite score (NaN counts as missing)")
+        raise KeypointError(f"{source}: frame {frame(t)} {_joint_label(j, layout)}: infinite score "
+                            f"{scores[t, j]}; expected a finite score (NaN counts as missing)")
     if layout == "coco":
         xy, scores = coco_to_h36m(xy, scores)
     return Keypoints2D(xy, scores, layout=layout, source=source, **kw)
@@ -500,7 +504,7 @@ def interpolate_missing(xy, missing):
     return xy
 
 
-def _size(value, name, source):
+def positive_size(value, name, source):
     """A user-given width / height: a positive finite number."""
     try:
         v = float(value)
@@ -604,7 +608,7 @@ def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=No
             raise KeypointError(f"{source}: pixel keypoints need the image size, got {given}: pass both width= and "
                                 f"height= (CLI: --width --height), or normalized=True if they are already "
                                 f"screen-normalised")
-        width, height = _size(width, "width", source), _size(height, "height", source)
+        width, height = positive_size(width, "width", source), positive_size(height, "height", source)
     if np.isinf(xy).any():
         t, j = map(int, np.argwhere(np.isinf(xy).any(-1))[0])
         frame = int(frame_ids[t]) if frame_ids is not None else t

@@ -18,8 +18,8 @@ HoT-MixSTE selects its tokens independently in each pass (its published call ``m
 import numpy as np
 import torch
 
-from .keypoints import (LEFT_JOINTS, RIGHT_JOINTS, KeypointError, Keypoints2D, _size, check_values, normalize_screen,
-                        prepare_keypoints)
+from .keypoints import (LEFT_JOINTS, RIGHT_JOINTS, KeypointError, Keypoints2D, check_values, normalize_screen,
+                        positive_size, prepare_keypoints)
 
 SEQ2FRAME = ("mhformer", "tpc_mhformer", "tpc_mixste")
 SEQ2SEQ = ("mixste", "hot_mixste")
@@ -161,8 +161,9 @@ class Lifter:
     seq2frame models emit frame t once frame ``t + F-1-c`` has arrived (c = (F-1)//2: a latency of ``F-1-c``
     frames); seq2seq models emit a chunk of F frames when it is complete. ``frame_2d`` is ``[17, 2]`` in pixels
     (with width and height) or normalised; each frame gets ``lift``'s value check (finite, within +-4 after
-    normalisation; the error names the frame of this sequence and the joint) and is refused before it is stored. The window buffers are allocated once (a ring of the last F frames);
-    nothing grows with the length of the stream. After ``flush()`` the Lifter starts a new sequence.
+    normalisation; the error names the frame of this sequence and the joint) and is refused before it is stored.
+    The window buffers are allocated once (a ring of the last F frames); nothing grows with the length of the
+    stream. After ``flush()`` the Lifter starts a new sequence.
     """
 
     def __init__(self, model, *, width=None, height=None, flip=True):
@@ -171,7 +172,8 @@ class Lifter:
         if (width is None) != (height is None):
             raise KeypointError(f"width/height: give both or neither, got width={width!r}, height={height!r}")
         if width is not None:
-            width, height = _size(width, "width", "keypoints"), _size(height, "height", "keypoints")
+            width = positive_size(width, "width", "keypoints")
+            height = positive_size(height, "height", "keypoints")
         self.width, self.height = width, height
         device = _device(model)
         F = self.frames

@@ -59,6 +59,8 @@ def files(tmp_path_factory):
     frames_json("dupe", [0, 1, 1, 2])
     frames_json("negative_id", [0, -1, 2])
     frames_json("string_width", [0, 1], image_width="wide")
+    coco[2, 9, 0] = np.inf  # left wrist of the third record, video frame 12
+    frames_json("inf_json", [10, 11, 12])
     inf = WALK[:5].copy()
     inf[2, 7, 1] = np.inf
     paths["inf_npy"] = str(d / "inf.npy")
@@ -84,6 +86,7 @@ READER_CASES = [
     ("negative_id", {}, KeypointError, ["frame_id", "non-negative integers", "[-1]"]),
     ("string_width", {}, KeypointError, ["meta_info.image_width", "'wide'"]),
     ("inf_npy", {}, KeypointError, ["frame 2 joint 7 (spine)", "infinite coordinate", "inf"]),
+    ("inf_json", {}, KeypointError, ["inf_json.json: frame 12 joint 9 (left_wrist)", "infinite coordinate"]),
     ("inf_csv", {}, KeypointError, ["frame 1 joint 2 (r_knee)", "infinite coordinate", "inf"]),
     ("width_str_npz", {}, KeypointError, ["width", "'abc'"]),
     ("layout_npz", {"layout": "h36m"}, KeypointError, ["layout='h36m'", "'coco'"]),
