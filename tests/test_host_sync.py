@@ -78,3 +78,12 @@ def test_the_recorder_sees_each_kind_of_sync():
     with HostSyncRecorder() as rec:
         _ = x.shape[0] + 1, x * 2, x.sum(), torch.where(x > 0, x, -x)
     assert rec.calls == []
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_hot_mixste_exports_without_a_value_check_in_the_forward(backend):
+    """torch.export traces the TPC selection (the exporter tripped on the old host-side NaN check)."""
+    arch, model, x = _model_and_input("hot_mixste", backend)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        assert torch.equal(exported.module()(x), model(x))
