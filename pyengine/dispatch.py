@@ -105,6 +105,10 @@ def sdpa_attention(q, k, v):
     ``[B, Nq, G, H, D]`` contiguous (the layout of ``pyengine::attention``)."""
     B, G, Nq, H, D = q.shape
     Nk = k.shape[2]
+    if G == 1:  # [B, N, H, D] -> [B, H, N, D] are strided views SDPA reads in place: no input copies
+        out = F.scaled_dot_product_attention(q[:, 0].transpose(1, 2), k[:, 0].transpose(1, 2),
+                                             v[:, 0].transpose(1, 2), scale=D ** -0.5)  # [B, H, Nq, D]
+        return out.transpose(1, 2).reshape(B, Nq, 1, H, D)
     qh = q.permute(0, 1, 3, 2, 4).expand(B, G, H, Nq, D).reshape(B * G, H, Nq, D)
     kh = k.permute(0, 1, 3, 2, 4).reshape(B * G, H, Nk, D)
     vh = v.permute(0, 1, 3, 2, 4).reshape(B * G, H, Nk, D)
@@ -121,9 +125,11 @@ class Ops:
         self.impl = {op: c.impl for op, c in self.choice.items()}
 
     def ln_linear(self, x, weight, bias=None, **kw):
-        from .ops.ln_linear import ln_linear, ln_linear_ref
+        from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
         impl = self.impl["ln_linear"]
-        if impl in ("aten", "reference"):
+        if impl == "aten":
+            return ln_linear_aten(x, weight, bias, **kw)
+        if impl == "reference":
             return ln_linear_ref(x, weight, bias, **kw)
         return ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)
 

@@ -259,3 +259,36 @@ def test_backward_formula_matches_autograd_of_the_reference(activation):
                              activation)
     for name, a, b in zip(("x", "weight", "bias", "ln_weight", "ln_bias"), got, want):
         assert rel_error(a, b) < 1e-12, name
+
+
+@pytest.mark.parametrize("G,K_x,in_cols,ln,act,res", [
+    (1, 24, None, True, "gelu", False), (1, 24, None, False, "none", True),  # one group: one GEMM, no concat
+    (2, 24, [0, 0], False, "none", False),  # TRA's k | v: same columns, no LN -> one GEMM over [2N, K]
+    (3, 72, None, True, "none", True), (2, 48, [24, 0], True, "gelu", False)])  # per-group GEMMs + concat
+def test_aten_composition_equals_the_reference(G, K_x, in_cols, ln, act, res):
+    from pyengine.ops.ln_linear import ln_linear_aten
+    from pyengine.testing import dispatched_ops
+    g = torch.Generator().manual_seed(G)
+    x = torch.randn(37, K_x, generator=g, dtype=torch.float64)
+    w, b = torch.randn(G, 16, 24, generator=g, dtype=torch.float64), torch.randn(G, 16, generator=g, dtype=torch.float64)
+    kw = dict(in_cols=in_cols, activation=act, residual=torch.randn(37, G * 16, generator=g, dtype=torch.float64)
+              if res else None)
+    if ln:
+        kw.update(ln_weight=torch.randn(G, 24, generator=g, dtype=torch.float64),
+                  ln_bias=torch.randn(G, 24, generator=g, dtype=torch.float64))
+    want = ln_linear_ref(x, w, b, **kw)
+    got, ops = dispatched_ops(ln_linear_aten, x, w, b, **kw)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    single = G == 1 or (not ln and in_cols == [0, 0])
+    assert (not any("cat" in o for o in ops)) == single, ops
+
+
+def test_sdpa_path_reads_one_group_views_without_copies():
+    from pyengine.dispatch import sdpa_attention
+    from pyengine.ops.attention import attention_ref
+    from pyengine.testing import dispatched_ops
+    qkv = torch.randn(2 * 9, 3 * 4 * 8, dtype=torch.float64).view(2, 9, 1, 3, 4, 8).permute(3, 0, 2, 1, 4, 5)
+    q, k, v = qkv[0], qkv[1], qkv[2]  # [B, G=1, N, H, D] strided views of a fused QKV buffer
+    got, ops = dispatched_ops(sdpa_attention, q, k, v)
+    assert torch.allclose(got, attention_ref(q, k, v), rtol=1e-12, atol=1e-12) and got.is_contiguous()
+    assert sum("copy" in o or "clone" in o for o in ops) <= 1, ops  # the output's layout change only

@@ -55,6 +55,28 @@ def ln_linear_ref(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-
     return y if residual is None else y + residual
 
 
+def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, in_cols=None,
+                   activation="none", residual=None):
+    """The ``cpp`` / ``cuda`` backends' dense path: the reference's math on ATen's kernels with less glue (fp32 on
+    CPU is GEMM-bound, so glue is all a composition can lose): one group, or groups that read the same columns
+    without a LayerNorm, are ONE GEMM over the ``[G*N, K]`` view of the stacked weight (no concat: a concat of one
+    tensor is a full copy), and the residual is added in place. Several groups on different columns keep the
+    reference's per-group GEMMs and concat."""
+    G, N, K = weight.shape
+    if in_cols is None:
+        in_cols = default_in_cols(x.shape[1], G, K)
+    if G > 1 and (ln_weight is not None or len(set(in_cols)) > 1):
+        return ln_linear_ref(x, weight, bias, ln_weight=ln_weight, ln_bias=ln_bias, eps=eps, in_cols=in_cols,
+                             activation=activation, residual=residual)
+    a = x[:, in_cols[0]:in_cols[0] + K]
+    if ln_weight is not None:
+        a = F.layer_norm(a, (K,), ln_weight[0], ln_bias[0], eps)
+    y = F.linear(a, weight.reshape(G * N, K), None if bias is None else bias.reshape(G * N))
+    if activation == "gelu":
+        y = F.gelu(y)
+    return y if residual is None else y.add_(residual)  # y is a fresh tensor: adding in place is safe
+
+
 def _shape(t):
     return list(t.shape)
 
