@@ -1,0 +1,256 @@
+"""MotionBERT (DSTformer) and HoT-MotionBERT against SPEC.md §7: parameter counts and published key names, a
+second, independent functional reading of §7 (written from the SPEC text, no pyengine module used), the stream
+order and eps quirks, input validation; the fused drop-ins on "cpp" and "triton" (interpreter) with the 2x-eager
+rule; the MMPose / HoT checkpoint pieces (renaming, shape inference, telling the two apart)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pyengine.models import HoTMotionBERT, MotionBERT
+from pyengine.testing import randomize_, rel_error
+
+# ---------------------------------------------------------------------------------------------------------------
+# SPEC.md §7, read again as plain functions over a published-format state_dict (fp64).
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _ln(sd, p, x, eps):
+    return F.layer_norm(x, x.shape[-1:], sd[p + ".weight"], sd[p + ".bias"], eps)
+
+
+def _lin(sd, p, x):
+    return x @ sd[p + ".weight"].T + sd[p + ".bias"]
+
+
+def _mha(q, k, v, heads):
+    """``softmax((q k^T) * d^-0.5) v`` per head over ``[S, N, C]`` (heads concatenated in order)."""
+    S, N, C = q.shape
+    d = C // heads
+    q, k, v = (t.reshape(S, t.shape[1], heads, d).transpose(1, 2) for t in (q, k, v))
+    w = torch.softmax((q @ k.transpose(-1, -2)) * d ** -0.5, dim=-1)
+    return (w @ v).transpose(1, 2).reshape(S, N, C)
+
+
+def _sublayer(sd, p, kind, h, heads, eps):
+    """``h [B, F, J, C]``: ``h + attn_kind(norm1_kind(h))`` then ``h + mlp_kind(norm2_kind(h))``."""
+    B, Fr, J, C = h.shape
+    a = _ln(sd, f"{p}.norm1_{kind}", h, eps)
+    if kind == "t":  # sequences: each (sample, joint) over the frames
+        a = a.permute(0, 2, 1, 3)
+    seq = a.reshape(-1, a.shape[2], C)
+    q, k, v = _lin(sd, f"{p}.attn_{kind}.qkv", seq).split(C, dim=-1)  # qkv laid out (3, h, d)
+    o = _lin(sd, f"{p}.attn_{kind}.proj", _mha(q, k, v, heads)).reshape(a.shape)
+    h = h + (o.permute(0, 2, 1, 3) if kind == "t" else o)
+    m = _ln(sd, f"{p}.norm2_{kind}", h, eps)
+    return h + _lin(sd, f"{p}.mlp_{kind}.fc2", F.gelu(_lin(sd, f"{p}.mlp_{kind}.fc1", m)))
+
+
+def f_motionbert(sd, x, heads, index=None, layer_index=None, eps=1e-6, orders=("st", "ts")):
+    """DSTformer (``index is None``) or HoT-MotionBERT (TPC at ``layer_index`` with the given ``index``)."""
+    sd = {k: v.double() for k, v in sd.items()}
+    x = x.double()
+    B, Fr, J, _ = x.shape
+    hot = index is not None
+    h = _lin(sd, "joints_embed", x) + sd["pos_embed"][0]          # [B, F, J, C]
+    temp = sd["temp_embed"][0]                                    # [maxlen, 1, C]
+    h = h + (temp if hot else temp[:Fr])                          # HoT: unsliced
+    i = 0
+    while f"blocks_st.{i}.norm1_s.weight" in sd:
+        if hot and i == layer_index:
+            h = torch.stack([h[b, index[b]] for b in range(B)]) + sd["pos_embed_token"][0][None, :, None, :]
+        streams = []
+        for name, order in zip(("blocks_st", "blocks_ts"), orders):
+            s = h
+            for kind in order:  # "st": spatial then temporal
+                s = _sublayer(sd, f"{name}.{i}", kind, s, heads, eps)
+            streams.append(s)
+        alpha = torch.softmax(_lin(sd, f"ts_attn.{i}", torch.cat(streams, -1)), dim=-1)
+        h = alpha[..., 0:1] * streams[0] + alpha[..., 1:2] * streams[1]
+        i += 1
+    h = _ln(sd, "norm", h, eps)
+    if hot:  # TRA per joint stream: x_token + CA(x_token, h, h)
+        C = h.shape[-1]
+        kv = h.permute(0, 2, 1, 3).reshape(B * J, h.shape[1], C)
+        q = sd["x_token"].expand(B * J, -1, -1)
+        a = "cross_attention"
+        o = _mha(_lin(sd, a + ".linear_q", q), _lin(sd, a + ".linear_k", kv), _lin(sd, a + ".linear_v", kv), heads)
+        h = (q + _lin(sd, a + ".proj", o)).reshape(B, J, -1, C).permute(0, 2, 1, 3)
+    return _lin(sd, "head", torch.tanh(_lin(sd, "pre_logits.fc", h)))
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def poses(B, Fr, seed=0, J=17):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randn(B, Fr, J, 2, generator=g) * 0.5
+    conf = torch.rand(B, Fr, J, 1, generator=g)
+    return torch.cat([xy, conf], dim=-1)
+
+
+TINY = dict(dim_feat=16, dim_rep=12, depth=2, num_heads=2, mlp_ratio=2, maxlen=9)
+TINY_HOT = dict(dim_feat=16, dim_rep=12, depth=3, num_heads=2, mlp_ratio=2, maxlen=9, token_num=4)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Eager references
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_parameter_counts_equal_spec():
+    assert n_params(MotionBERT(dim_feat=512, mlp_ratio=2)) == 42_466_317
+    assert n_params(MotionBERT(dim_feat=256, mlp_ratio=4)) == 16_001_549
+    assert n_params(MotionBERT()) == 16_001_549, "the published class defaults are the Lite geometry"
+    assert n_params(HoTMotionBERT()) == 16_347_661
+
+
+def test_published_key_names():
+    full = MotionBERT(dim_feat=32, dim_rep=16, num_heads=4, maxlen=9)
+    sd = full.state_dict()
+    assert len(sd) == 260 and not list(full.buffers())
+    stems = {"norm1_s", "norm1_t", "norm2_s", "norm2_t", "attn_s.qkv", "attn_s.proj", "attn_t.qkv", "attn_t.proj",
+             "mlp_s.fc1", "mlp_s.fc2", "mlp_t.fc1", "mlp_t.fc2"}
+    want = {"temp_embed", "pos_embed"}
+    for p in ("joints_embed", "norm", "pre_logits.fc", "head", *(f"ts_attn.{i}" for i in range(5)),
+              *(f"blocks_{s}.{i}.{stem}" for s in ("st", "ts") for i in range(5) for stem in stems)):
+        want |= {p + ".weight", p + ".bias"}
+    assert set(sd) == want
+    assert sd["temp_embed"].shape == (1, 9, 1, 32) and sd["pos_embed"].shape == (1, 17, 32)
+    assert sd["ts_attn.0.weight"].shape == (2, 64) and sd["pre_logits.fc.weight"].shape == (16, 32)
+    hot = HoTMotionBERT(dim_feat=32, dim_rep=16, num_heads=4, maxlen=9, token_num=3).state_dict()
+    extra = {"pos_embed_token", "x_token", *(f"cross_attention.{n}.{w}" for n in ("linear_q", "linear_k", "linear_v",
+                                                                                "proj") for w in ("weight", "bias"))}
+    assert len(hot) == 270 and set(hot) == want | extra
+    assert hot["pos_embed_token"].shape == (1, 3, 32) and hot["x_token"].shape == (1, 9, 32)
+
+
+@pytest.mark.parametrize("frames", [9, 5, 1])  # F == maxlen, and F < maxlen (temp_embed sliced)
+def test_motionbert_matches_functional_spec(frames):
+    model = randomize_(MotionBERT(**TINY), seed=frames).eval()
+    x = poses(2, frames, seed=frames)
+    want = f_motionbert(model.state_dict(), x, heads=2)
+    assert rel_error(model.double()(x.double()), want) < 1e-12
+    assert rel_error(model.float()(x), want) < 1e-5
+
+
+@pytest.mark.parametrize("layer_index", [0, 1, 2])
+def test_hot_motionbert_matches_functional_spec(layer_index):
+    model = randomize_(HoTMotionBERT(**TINY_HOT, layer_index=layer_index), seed=10 + layer_index).eval().double()
+    x = poses(2, 9, seed=layer_index).double()
+    out, index = model(x, return_index=True)
+    assert out.shape == (2, 9, 17, 3), "TRA recovers every frame"
+    assert index.shape == (2, 4) and (index[:, 1:] > index[:, :-1]).all(), "kept frames sorted ascending"
+    assert torch.equal(model(x), out), "the published call returns the output only"
+    want = f_motionbert(model.state_dict(), x, heads=2, index=index, layer_index=layer_index)
+    assert rel_error(out, want) < 1e-12
+    # a given index is used as is and returned; it reproduces the functional reading with that selection
+    fixed = torch.tensor([[0, 3, 5, 8], [1, 2, 4, 6]])
+    out2, index2 = model(x, index=fixed, return_index=True)
+    assert index2 is fixed
+    assert rel_error(out2, f_motionbert(model.state_dict(), x, heads=2, index=fixed, layer_index=layer_index)) < 1e-12
+
+
+def test_hot_selection_runs_on_the_joint_mean_at_layer_index():
+    from pyengine.models import motionbert as mod
+
+    model = randomize_(HoTMotionBERT(**TINY_HOT, layer_index=1), seed=3).eval().double()
+    x = poses(2, 9).double()
+    captured = {}
+    real = mod.dpc_knn_select
+
+    def spy(feat, keep, **kw):
+        captured.update(feat=feat, keep=keep, **kw)
+        return real(feat, keep, **kw)
+
+    # the features layer 1 sees: embedding, then layer 0 (computed here with the model's own pieces)
+    h = model.dual_stream(model.embed(x), 0, 9).reshape(2, 9, 17, 16)
+    mod.dpc_knn_select = spy
+    try:
+        model(x)
+    finally:
+        mod.dpc_knn_select = real
+    assert captured["keep"] == 4 and captured.get("center") is None
+    assert rel_error(captured["feat"], h.mean(dim=2)) < 1e-14
+    assert captured["tie_break"] == "index"
+
+
+def test_stream_order_matters():
+    """The ST stream runs spatial before temporal, the TS stream the reverse; both orders are visible."""
+    model = randomize_(MotionBERT(**TINY), seed=4).eval().double()
+    x = poses(2, 9).double()
+    sd = model.state_dict()
+    out = model(x)
+    for swapped in (("ts", "st"), ("st", "st"), ("ts", "ts")):
+        other = f_motionbert(sd, x, heads=2, orders=swapped)
+        assert rel_error(other, out) > 1e-3, swapped
+    assert [b.st_mode for b in model.blocks_st] == ["stage_st"] * 2
+    assert [b.st_mode for b in model.blocks_ts] == ["stage_ts"] * 2
+    # logit 0 weights the ST stream: swapping the two logits changes the output
+    with torch.no_grad():
+        for lin in model.ts_attn:
+            lin.weight.copy_(lin.weight.flip(0))
+            lin.bias.copy_(lin.bias.flip(0))
+    assert rel_error(model(x), out) > 1e-3
+
+
+def test_every_layernorm_has_eps_1e6():
+    for model in (MotionBERT(**TINY), HoTMotionBERT(**TINY_HOT)):
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+        assert len(norms) == 4 * 2 * model.depth + 1
+        assert all(m.eps == 1e-6 for m in norms)
+    # and the functional check above can see the difference: eps 1e-5 gives another output
+    model = randomize_(MotionBERT(**TINY), seed=5).eval().double()
+    x = poses(1, 9).double()
+    assert rel_error(f_motionbert(model.state_dict(), x, heads=2, eps=1e-5), model(x)) > 1e-9
+
+
+def test_return_rep_is_the_tanh_representation():
+    model = randomize_(MotionBERT(**TINY), seed=6).eval().double()
+    x = poses(2, 7).double()
+    rep = model(x, return_rep=True)
+    assert rep.shape == (2, 7, 17, 12) and rep.abs().max() < 1
+    assert rel_error(model.head(rep), model(x)) < 1e-14
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = MotionBERT(**TINY).eval()
+    hot = HoTMotionBERT(**TINY_HOT).eval()
+    for m in (model, hot):
+        with pytest.raises(ValueError, match=r"x: expected shape \[B, F, J=17, 3\] \(x, y and the 2D detector's "
+                                             r"confidence\), got \[2, 9, 17, 2\]; .*third channel"):
+            m(torch.zeros(2, 9, 17, 2))
+        with pytest.raises(ValueError, match=r"J=17.*got \[2, 9, 16, 3\]"):
+            m(torch.zeros(2, 9, 16, 3))
+        with pytest.raises(ValueError, match=r"got \[9, 17, 3\]"):
+            m(torch.zeros(9, 17, 3))
+        with pytest.raises(TypeError, match="floating-point"):
+            m(torch.zeros(2, 9, 17, 3, dtype=torch.int64))
+        with pytest.raises(TypeError, match="torch.Tensor"):
+            m([[0.0]])
+        with pytest.raises(ValueError, match="batch is empty"):
+            m(torch.zeros(0, 9, 17, 3))
+    with pytest.raises(ValueError, match=r"1 <= F <= maxlen=9 frames .*sliced to F.*got shape \[1, 10, 17, 3\]"):
+        model(torch.zeros(1, 10, 17, 3))
+    # HoT adds temp_embed unsliced: F < maxlen is an error (F < maxlen works for MotionBERT, tested above)
+    with pytest.raises(ValueError, match=r"F == maxlen=9 frames .*unsliced.*got shape \[1, 5, 17, 3\]"):
+        hot(torch.zeros(1, 5, 17, 3))
+    x = poses(2, 9)
+    with pytest.raises(ValueError, match=r"index: expected shape \[B=2, token_num=4\], got \[2, 3\]"):
+        hot(x, index=torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="int64"):
+        hot(x, index=torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("ctor,match", [
+    (lambda: MotionBERT(dim_feat=30, num_heads=8), r"dim_feat=30, num_heads=8.*not divisible"),
+    (lambda: MotionBERT(depth=0), r"depth: expected a positive integer, got 0"),
+    (lambda: MotionBERT(maxlen=0), r"maxlen: expected a positive integer, got 0"),
+    (lambda: MotionBERT(dim_feat=16, num_heads=2, mlp_ratio=0.01), r"mlp_ratio: expected int\(dim_feat"),
+    (lambda: HoTMotionBERT(maxlen=27), r"token_num: expected 1 <= token_num <= maxlen=27, got 81"),
+    (lambda: HoTMotionBERT(layer_index=5), r"layer_index: expected a block index in \[0, 4\].*got 5"),
+    (lambda: HoTMotionBERT(tie_break="random"), r"tie_break"),
+    (lambda: HoTMotionBERT(token_num=None), r"token_num: HoT-MotionBERT needs"),
+])
+def test_bad_hyperparameters(ctor, match):
+    with pytest.raises(ValueError, match=match):
+        ctor()
