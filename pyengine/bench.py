@@ -96,21 +96,34 @@ def regime(batch):
 _MODELS = {}
 
 
+def model_class(arch):
+    """The eager reference class of ``arch``: ``pyengine.arch.MODELS``, plus MotionBERT / HoT-MotionBERT
+    (pyengine.models.motionbert) until the loader registers them there."""
+    from .arch import MODELS
+    from .models import HoTMotionBERT, MotionBERT
+
+    return {"motionbert": MotionBERT, "hot_motionbert": HoTMotionBERT, **MODELS}[arch]
+
+
+def input_shape(model, batch):
+    """``[batch, frames, joints, channels]``: 2 channels (x, y), 3 for MotionBERT (``dim_in``: + confidence)."""
+    return (batch, model.frames, model.n_joints, getattr(model, "dim_in", 2))
+
+
 def build_model(arch, config, seed=0):
     """The eager fp32 reference model on CPU with deterministic random weights (cached per config)."""
-    from .arch import MODELS
     from .testing import randomize_
 
     key = (arch, tuple(sorted(config.items())), seed)
     if key not in _MODELS:
-        _MODELS[key] = randomize_(MODELS[arch](**config), seed=seed).eval()
+        _MODELS[key] = randomize_(model_class(arch)(**config), seed=seed).eval()
     return _MODELS[key]
 
 
 def make_inputs(model, batch, dtype, device, copies=8, seed=0):
     """``copies`` distinct input batches (rotated between calls so no call reuses the previous one's input)."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (batch, model.frames, model.n_joints, 2)
+    shape = input_shape(model, batch)
     return [(0.3 * torch.randn(shape, generator=gen)).to(device=device, dtype=dtype) for _ in range(copies)]
 
 
@@ -166,14 +179,12 @@ _FLOPS = {}
 def model_flops(arch, config):
     """FLOPs of one window (batch 1) of ``arch(**config)``: counted on the meta device (no compute), or on CPU
     for the TPC models, whose token selection needs real values."""
-    from .arch import MODELS
-
     key = (arch, tuple(sorted(config.items())))
     if key not in _FLOPS:
         try:
             with torch.device("meta"):
-                model = MODELS[arch](**config).eval()
-                x = torch.empty(1, model.frames, model.n_joints, 2)
+                model = model_class(arch)(**config).eval()
+                x = torch.empty(input_shape(model, 1))
             _FLOPS[key] = count_flops(model, x)
         except RuntimeError:  # data-dependent (Tensor.item) on meta tensors
             model = build_model(arch, config)
@@ -186,7 +197,7 @@ def case_counts(arch, config, batch, dtype):
     linearly with the batch; the weights are read once per call)."""
     flops = {k: v * batch for k, v in model_flops(arch, config).items()}
     model = build_model(arch, config)
-    x = torch.empty(batch, model.frames, model.n_joints, 2, dtype=dtype, device="meta")
+    x = torch.empty(input_shape(model, batch), dtype=dtype, device="meta")
     out_frames = model.token_num if arch in ("tpc_mhformer", "tpc_mixste") else model.frames
     out = torch.empty(batch, out_frames, model.n_joints, 3, dtype=dtype, device="meta")
     return flops, count_bytes(model, x, out, dtype)

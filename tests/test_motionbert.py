@@ -254,3 +254,13 @@ def test_bad_inputs_raise_clear_errors():
 def test_bad_hyperparameters(ctor, match):
     with pytest.raises(ValueError, match=match):
         ctor()
+
+
+# SPEC.md §7: "GFLOP matmul at 243 frames, B = 1" = 2 x MACs of every linear layer and attention product.
+@pytest.mark.parametrize("arch,config,gflops", [("motionbert", dict(dim_feat=512, mlp_ratio=2), 370.81),
+                                                ("motionbert", dict(dim_feat=256, mlp_ratio=4), 142.09),
+                                                ("hot_motionbert", {}, 66.86)])
+def test_flops_match_spec(arch, config, gflops):
+    from pyengine import bench
+
+    assert bench.model_flops(arch, config)["total"] / 1e9 == pytest.approx(gflops, abs=0.006)
