@@ -1,0 +1,64 @@
+"""``pyengine.export``: a verified ONNX file (ONNX Runtime against fp64 eager, verify's tolerance rule), written
+only when it passes; clear errors otherwise."""
+import os
+
+import pytest
+import torch
+
+import pyengine
+from pyengine.export import ExportError, export
+from pyengine.testing import randomize_
+
+pytest.importorskip("onnxruntime", reason="pip install onnx onnxscript onnxruntime (requirements.txt pins them)")
+
+CASES = {
+    "mixste": dict(frames=9, channel=32, depth=2, heads=4),
+    "mhformer": dict(frames=27, channel=16, d_hid=32, layers=2),
+    "hsusa": dict(channels=8),
+}
+
+
+def loaded(arch, backend="cpp"):
+    return pyengine.load(randomize_(pyengine.arch.MODELS[arch](**CASES[arch]), seed=4).eval(), backend=backend)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_export_writes_a_file_that_onnx_runtime_runs_like_eager(arch, tmp_path):
+    import onnxruntime as ort
+    path = tmp_path / f"{arch}.onnx"
+    report = export(loaded(arch), path)
+    assert path.exists() and report.deviation <= report.tolerance and report.batches_checked == [2, 3]
+    assert [f for f in os.listdir(tmp_path)] == [path.name]  # no temporary file left behind
+    sess = ort.InferenceSession(str(path))
+    assert sess.get_inputs()[0].shape[0] == "batch" and sess.get_outputs()[0].name == "out"
+
+
+def test_a_deviating_file_is_not_written(tmp_path, monkeypatch):
+    import onnxruntime as ort
+    real = ort.InferenceSession
+
+    class Wrong(real):
+        def run(self, names, feeds):
+            return [o + 1e-2 for o in super().run(names, feeds)]
+
+    monkeypatch.setattr(ort, "InferenceSession", Wrong)
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match=r"deviates from the fp64 eager reference by .* the file was not written"):
+        export(loaded("mixste"), path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_arguments(tmp_path):
+    model = loaded("mixste")
+    with pytest.raises(ExportError, match=r"path: expected a file name ending in \.onnx, got .*m\.pt"):
+        export(model, tmp_path / "m.pt")
+    (tmp_path / "x.onnx").write_bytes(b"keep")
+    with pytest.raises(ExportError, match="exists; pass overwrite=True"):
+        export(model, tmp_path / "x.onnx")
+    assert (tmp_path / "x.onnx").read_bytes() == b"keep"
+    with pytest.raises(ExportError, match="folder .* does not exist"):
+        export(model, tmp_path / "nowhere" / "m.onnx")
+    with pytest.raises(ExportError, match="batch: expected an integer >= 1, got 0"):
+        export(model, tmp_path / "m.onnx", batch=0)
+    with pytest.raises(ExportError, match=r"model: expected a model returned by pyengine.load .* got Linear"):
+        export(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
