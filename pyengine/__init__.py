@@ -29,10 +29,11 @@ from .keypoints import KeypointError, load_keypoints
 from .lift import Lifter, lift
 from .load import LoadInfo, load
 from .models import dpc_knn_select
+from .onnx_export import ExportError, export
 from .ops import tpc_select
 
 __version__ = "0.1.0"
 ARCHS = tuple(sorted(_MODELS))
 
-__all__ = ["load", "lift", "Lifter", "load_keypoints", "KeypointError", "swap", "revert", "report", "ARCHS", "CheckpointError", "BackendUnavailableError",
+__all__ = ["load", "export", "ExportError", "lift", "Lifter", "load_keypoints", "KeypointError", "swap", "revert", "report", "ARCHS", "CheckpointError", "BackendUnavailableError",
            "ValidationError", "LoadInfo", "dpc_knn_select", "tpc_select"]

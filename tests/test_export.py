@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pyengine
-from pyengine.export import ExportError, export
+from pyengine.onnx_export import ExportError, export
 from pyengine.testing import randomize_
 
 pytest.importorskip("onnxruntime", reason="pip install onnx onnxscript onnxruntime (requirements.txt pins them)")

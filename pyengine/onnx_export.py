@@ -1,4 +1,4 @@
-"""``pyengine.export(model, path)``: a verified ONNX file of a lifter, for deployment elsewhere (ONNX Runtime,
+"""``pyengine.export(model, path)`` (this module: pyengine.onnx_export): a verified ONNX file of a lifter, for deployment elsewhere (ONNX Runtime,
 ONNX Runtime Web, TensorRT).
 
 What is exported is the model's **eager reference** with the model's weights: pyengine's fused kernels are
