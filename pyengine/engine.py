@@ -13,6 +13,7 @@ from .models import mhformer as ref_mhformer
 from .nn import layers as fused_layers
 from .nn import mhformer as fused_mhformer
 from .nn import mixste as fused_mixste
+from .nn import motionbert as fused_motionbert
 from .nn import susa as fused_susa
 from .models import susa as ref_susa
 from .nn._common import Fused
@@ -23,6 +24,7 @@ FUSED = {
     "mixste": fused_mixste.MixSTE, "tpc_mixste": fused_mixste.TPCMixSTE, "hot_mixste": fused_mixste.HoTMixSTE,
     "hsusa": fused_susa.HSUSA, "wsusa": fused_susa.WSUSA, "hwsusa": fused_susa.HWSUSA,
     "sx_shuffle_unit": fused_susa.SXShuffleUnit, "px_shuffle_unit": fused_susa.PXShuffleUnit,
+    "motionbert": fused_motionbert.MotionBERT, "hot_motionbert": fused_motionbert.HoTMotionBERT,
 }
 # SUSA drop-ins carry their own ``backend`` (resolved per call: "auto" is cpp on CPU, triton on CUDA).
 SUSA_DROP_INS = {ref_susa.HSUSA: fused_susa.HSUSA, ref_susa.WSUSA: fused_susa.WSUSA,
@@ -60,12 +62,24 @@ USES = {
     "HoTMixSTE": {"DPC-kNN selection on the per-joint mean": ("tpc_select",),
                   "gather + pos_embed_token add": ("gather_tokens",),
                   "TRA (queries projected once, shared)": ("ln_linear", "attention")},
+    "MotionBERT": {"joints_embed; head": ("ln_linear",),
+                   "per layer: both streams' first LN+QKV (one grouped launch), 4 attentions (2 spatial over the "
+                   "joints, 2 temporal over the frames, strided), proj/MLP per stream": ("ln_linear", "attention"),
+                   "fusion logits (ts_attn as two N=2 GEMMs, no concat)": ("ln_linear",),
+                   "final norm as the LN prologue of pre_logits.fc (DSTformer) or of TRA's k/v (HoT)": ("ln_linear",)},
+    "HoTMotionBERT": {"DPC-kNN selection on the per-joint mean": ("tpc_select",),
+                      "gather + pos_embed_token add": ("gather_tokens",),
+                      "TRA (queries projected once, shared)": ("ln_linear", "attention")},
 }
 GLUE = {
     "MHFormer": "torch glue: input transpose (34 x F per window), embedding stack, pos_embed_k add, CHI column "
                 "writes (torch.cat); F=27 embedding ReLU",
     "MixSTE": "torch glue: Spatial_pos_embed add after the 2 -> C embedding",
     "HoTMixSTE": "torch glue: per-frame mean for the selection features, x_token residual add",
+    "MotionBERT": "torch glue: pos_embed + temp_embed add, fusion sigmoid(l0 - l1) and lerp per layer, tanh after "
+                  "pre_logits.fc",
+    "HoTMotionBERT": "torch glue: pos_embed + temp_embed add, fusion sigmoid(l0 - l1) and lerp per layer, per-frame "
+                     "mean for the selection features, x_token residual add, tanh after pre_logits.fc",
 }
 
 
@@ -252,7 +266,7 @@ def validate_once(model, arch, config):
     """Register a hook that, on the first call, compares ``model`` with an fp64 eager reference and with the
     eager reference at the model's precision; raises ``ValidationError`` over tolerance (see ``verify``)."""
     from .testing import rel_error
-    from .verify import EAGER_FACTOR, TOLERANCE
+    from .twin import EAGER_FACTOR, TOLERANCE, eager_twin
 
     def hook(mod, args, kwargs, output):
         handle.remove()
@@ -260,14 +274,9 @@ def validate_once(model, arch, config):
         out, index = output if isinstance(output, tuple) else (output, None)
         dtype = next(mod.parameters()).dtype
 
-        def eager(dt):
-            m = archs.MODELS[arch](**config)
-            m.load_state_dict(mod.state_dict())
-            return m.to(device=x.device, dtype=dt).eval()
-
         with torch.no_grad():
-            want, _ = _run(eager(torch.float64), arch, x.double(), index)
-            base, _ = _run(eager(dtype), arch, x, index)
+            want, _ = _run(eager_twin(mod, torch.float64, x.device), arch, x.double(), index)
+            base, _ = _run(eager_twin(mod, dtype, x.device), arch, x, index)
         tol = max(TOLERANCE[dtype], EAGER_FACTOR * rel_error(base, want))
         err = rel_error(out, want)
         mod.pyengine.validation = {"deviation": err, "tolerance": tol}

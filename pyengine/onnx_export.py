@@ -22,6 +22,7 @@ import warnings
 import torch
 
 from . import arch as archs
+from .twin import eager_twin
 
 
 class ExportError(RuntimeError):
@@ -49,20 +50,12 @@ def reference_of(model):
     """``(arch, eager fp32 CPU reference with model's weights)`` for a pyengine model or a reference module."""
     info = getattr(model, "pyengine", None)
     if info is not None:
-        arch, config = info.arch, dict(info.config)
-    else:
-        arch = getattr(type(model), "arch", None)
-        if arch not in archs.MODELS or not isinstance(model, archs.MODELS[arch]):
-            raise ExportError(f"model: expected a model returned by pyengine.load or one of pyengine.models' "
-                              f"reference classes, got {type(model).__name__} (load it with pyengine.load first)")
-        config = archs.config_of(model)
-    ref_cls = archs.MODELS[arch]
-    if type(model) is ref_cls:
-        ref = copy.deepcopy(model)
-    else:
-        ref = archs.construct(arch, config)
-        ref.load_state_dict(model.state_dict())
-    return arch, ref.float().cpu().eval()
+        return info.arch, eager_twin(model, torch.float32, "cpu")
+    arch = getattr(type(model), "arch", None)
+    if arch not in archs.MODELS or type(model) is not archs.MODELS[arch]:
+        raise ExportError(f"model: expected a model returned by pyengine.load or one of pyengine.models' "
+                          f"reference classes, got {type(model).__name__} (load it with pyengine.load first)")
+    return arch, copy.deepcopy(model).float().cpu().eval()
 
 
 def example_input(ref, arch, batch=2):
@@ -142,7 +135,7 @@ def export(model, path, *, example=None, batch=2, dynamic_batch=True, opset=18, 
         xs = [x] + ([torch.cat([x, x[:1]])] if dynamic_batch else [])  # a second batch size
         worst, tol_used = 0.0, 0.0
         from .testing import rel_error
-        from .verify import EAGER_FACTOR, TOLERANCE
+        from .twin import EAGER_FACTOR, TOLERANCE
         ref64 = copy.deepcopy(ref).double()
         for xi in xs:
             got = sess.run(None, {sess.get_inputs()[0].name: xi.numpy()})

@@ -21,8 +21,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "sample_walk.npz")
 # Tolerance of a module's relative error against the fp64 reference: EAGER_FACTOR times the error of the eager
 # reference run at the same precision (a kernel may be at most about twice as far off as eager PyTorch), but never
 # below this floor per compute dtype.
-TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1, torch.float64: 1e-10}
-EAGER_FACTOR = 2.0
+from .twin import EAGER_FACTOR, TOLERANCE, eager_twin  # noqa: E402 (the shared contract)
 
 # (pattern on the module name, kind) of the modules the kernels replace, per architecture family.
 WATCHED = {
@@ -148,12 +147,7 @@ def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, d
         source = f"random weights (seed {seed})"
     info = model.pyengine
 
-    def eager(dtype_):
-        m = archs.MODELS[info.arch](**info.config)
-        m.load_state_dict(model.state_dict())
-        return m.to(device=device, dtype=dtype_).eval()
-
-    reference, same_precision = eager(torch.float64), eager(dtype)
+    reference, same_precision = eager_twin(model, torch.float64, device), eager_twin(model, dtype, device)
 
     fam = archs.family(info.arch)
     if fam in ("hsusa", "wsusa", "hwsusa", "sx_shuffle_unit", "px_shuffle_unit"):
