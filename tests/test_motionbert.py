@@ -264,3 +264,116 @@ def test_flops_match_spec(arch, config, gflops):
     from pyengine import bench
 
     assert bench.model_flops(arch, config)["total"] / 1e9 == pytest.approx(gflops, abs=0.006)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fused drop-ins (pyengine.nn.motionbert) against the references: 2x-eager rule vs fp64, same TPC selection, no
+# host sync in the steady-state forward. The Triton interpreter is slow: one sample, one or two layers.
+# ---------------------------------------------------------------------------------------------------------------
+REF = {"motionbert": MotionBERT, "hot_motionbert": HoTMotionBERT}
+FUSED_CFG = {
+    "cpp": {"motionbert": dict(TINY), "hot_motionbert": dict(TINY_HOT, layer_index=1)},
+    "triton": {"motionbert": dict(TINY, depth=1),
+               "hot_motionbert": dict(TINY_HOT, depth=2, maxlen=6, token_num=4, layer_index=1)},
+}
+
+
+def _call(model, arch, x, index=None):
+    if arch == "motionbert":
+        return model(x), None
+    return model(x, index=index, return_index=True)
+
+
+def _fused_pair(arch, backend, seed=1):
+    from pyengine import engine
+
+    cfg = FUSED_CFG[backend][arch]
+    ref = randomize_(REF[arch](**cfg), seed=seed).eval()
+    fast = engine.FUSED[arch](**cfg, backend=backend).eval()
+    fast.load_state_dict(ref.state_dict())
+    return cfg, ref, fast
+
+
+@pytest.mark.parametrize("arch", ["motionbert", "hot_motionbert"])
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_fused_matches_reference_without_host_sync(arch, backend):
+    from pyengine.testing import HostSyncRecorder
+
+    cfg, ref, fast = _fused_pair(arch, backend)
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    frames = cfg["maxlen"] - 2 if arch == "motionbert" else cfg["maxlen"]  # MotionBERT: F < maxlen (sliced)
+    x = poses(3 if backend == "cpp" else 1, frames, seed=2)
+    with torch.no_grad():
+        want, index = _call(ref.double(), arch, x.double())
+        base, _ = _call(ref.float(), arch, x, index)
+        _call(fast, arch, x)  # the first call builds the stacked-weight caches
+        with HostSyncRecorder() as rec:
+            got, got_index = _call(fast, arch, x)
+        assert not rec.calls, "host syncs in the forward:\n" + "\n".join(rec.calls)
+        if index is not None:
+            assert torch.equal(got_index, index), "the fused TPC keeps the reference's frames"
+            with HostSyncRecorder() as rec:  # a given selection (lift's flip pass) must not sync either
+                again, same = _call(fast, arch, x, got_index)
+            assert not rec.calls, "host syncs with index=:\n" + "\n".join(rec.calls)
+            assert same is got_index and torch.equal(again, got)
+    assert got.shape == want.shape == (x.shape[0], frames, 17, 3) and got.dtype == torch.float32
+    tol = max(1e-5, 2 * rel_error(base, want))
+    assert rel_error(got, want) <= tol, (rel_error(got, want), tol)
+
+
+@pytest.mark.parametrize("arch", ["motionbert", "hot_motionbert"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_half_precision_on_cpp(arch, dtype):
+    cfg, ref, fast = _fused_pair(arch, "cpp", seed=3)
+    x = poses(2, cfg["maxlen"], seed=4)
+    with torch.no_grad():
+        want, index = _call(ref.double(), arch, x.double())
+        base, _ = _call(ref.to(dtype), arch, x, index)  # the same frames on both sides (fixed selection)
+        got, _ = _call(fast.to(dtype), arch, x, index)
+    assert got.dtype == torch.float32, "outputs follow the input dtype"
+    assert rel_error(got, want) <= 2 * rel_error(base, want), (rel_error(got, want), rel_error(base, want))
+
+
+def test_fused_half_precision_through_triton():
+    cfg, ref, fast = _fused_pair("motionbert", "triton", seed=5)
+    x = poses(1, cfg["maxlen"], seed=6)
+    with torch.no_grad():
+        want = ref.double()(x.double())
+        base = ref.half()(x)
+        got = fast.half()(x)
+    assert rel_error(got, want) <= 2 * rel_error(base, want), (rel_error(got, want), rel_error(base, want))
+
+
+def test_fused_return_rep():
+    cfg, ref, fast = _fused_pair("motionbert", "cpp", seed=7)
+    x = poses(2, 5)
+    with torch.no_grad():
+        want, got = ref.double()(x.double(), return_rep=True), fast(x, return_rep=True)
+    assert got.shape == (2, 5, 17, 12) and rel_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ["motionbert", "hot_motionbert"])
+def test_fused_launch_plan(arch, monkeypatch):
+    """Per layer: ONE grouped LN + QKV launch for both streams (G=2 on the same columns), 16 more GEMMs
+    (7 per stream, 2 for the fusion logits), 4 attentions; the final norm is a GEMM prologue."""
+    cfg, ref, fast = _fused_pair(arch, "cpp", seed=8)
+    x = poses(1, cfg["maxlen"])
+    ops = fast.ops_for(x)
+    calls = {"ln_linear": [], "attention": [], "layernorm": []}
+    for name in calls:
+        real = getattr(ops, name)
+
+        def spy(*args, _real=real, _name=name, **kw):
+            calls[_name].append((args, kw))
+            return _real(*args, **kw)
+        monkeypatch.setattr(ops, name, spy)
+    with torch.no_grad():
+        fast(x)
+    d = cfg["depth"]
+    grouped = [kw for args, kw in calls["ln_linear"] if args[1].shape[0] == 2 and kw.get("ln_weight") is not None]
+    extra = 0 if arch == "motionbert" else 3  # TRA: q (once), grouped k/v with the final norm as prologue, proj
+    assert len(calls["ln_linear"]) == 1 + 17 * d + 2 + extra  # embed, layers, pre_logits + head
+    assert len(grouped) == d + (arch != "motionbert")
+    assert all(kw["in_cols"] == [0, 0] for kw in grouped)
+    assert len(calls["attention"]) == 4 * d + (arch != "motionbert")
+    assert not calls["layernorm"], "every LayerNorm is a GEMM prologue"

@@ -4,7 +4,9 @@ load into it directly, and takes ``backend=`` ("auto", "triton", "cuda", "cpp", 
 from .layers import Block, CrossAttention
 from .mhformer import CHIBlock, MHFormer, MHGEncoder, SHRBlock, TPCMHFormer
 from .mixste import HoTMixSTE, MixSTE, TPCMixSTE
+from .motionbert import HoTMotionBERT, MotionBERT
 from .susa import HSUSA, HWSUSA, WSUSA, PXShuffleUnit, SXShuffleUnit
 
 __all__ = ["Block", "CrossAttention", "MHGEncoder", "SHRBlock", "CHIBlock", "MHFormer", "TPCMHFormer", "MixSTE",
-           "TPCMixSTE", "HoTMixSTE", "HSUSA", "WSUSA", "HWSUSA", "SXShuffleUnit", "PXShuffleUnit"]
+           "TPCMixSTE", "HoTMixSTE", "MotionBERT", "HoTMotionBERT",
+           "HSUSA", "WSUSA", "HWSUSA", "SXShuffleUnit", "PXShuffleUnit"]
