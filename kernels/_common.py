@@ -7,7 +7,9 @@
   all of them for the H100 (see :mod:`pyengine.compile_check`). Deterministic choices also keep CUDA-graph
   capture free of autotuning runs.
 """
+import dataclasses
 import os
+from typing import Any, Callable, Dict
 
 import torch
 import triton
@@ -37,3 +39,19 @@ def check_triton_device(*tensors, op: str) -> None:
         raise BackendUnavailableError(
             f"{op}: the Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got a tensor on "
             f"{t.device}")
+
+
+@dataclasses.dataclass
+class KernelCase:
+    """One compiled configuration of a Triton kernel: the signature (``{"x_ptr": "*fp16", "n": "i32",
+    "BLOCK": "constexpr"}``), the constexpr values, the launch options, and the specialisation attributes
+    (``{"x_ptr": [["tt.divisibility", 16]]}``, as a real launch on aligned arguments gets) plus any other
+    compile options the launcher passes (``{"enable_fp_fusion": False}``)."""
+    name: str
+    fn: Callable
+    signature: Dict[str, str]
+    constexprs: Dict[str, Any]
+    num_warps: int = 4
+    num_stages: int = 3
+    attrs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    options: Dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -153,7 +153,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allow_tf32:
 def sm90_cases():
     """Every configuration :func:`pick_config` can pick (x dtype x tf32), for the sm_90 compile check. fp64 is
     not listed: the launcher rejects fp64 CUDA tensors (it runs only under the interpreter, for gradcheck)."""
-    from pyengine.compile_check import KernelCase
+    from ._common import KernelCase
 
     strides = ("sqb", "sqg", "sqn", "sqh", "skb", "skg", "skn", "skh", "svb", "svg", "svn", "svh",
                "sob", "son", "sog", "soh")

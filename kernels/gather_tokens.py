@@ -66,7 +66,7 @@ def gather_tokens_triton(x: torch.Tensor, index: torch.Tensor, add):
 
 def sm90_cases():
     """Every configuration: BLOCK_R in {256, 1024} x dtype x with / without the add."""
-    from pyengine.compile_check import KernelCase
+    from ._common import KernelCase
 
     cases = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):

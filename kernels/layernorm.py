@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pyengine.compile_check import KernelCase
+from ._common import KernelCase
 
 from ._common import SIG, check_triton_device
 

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pyengine.compile_check import KernelCase
+from ._common import KernelCase
 
 from ._common import INTERPRETING, SIG, check_triton_device
 from .layernorm import row_stats

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pyengine.compile_check import KernelCase
+from ._common import KernelCase
 
 from ._common import INTERPRETING, SHIPPED_DTYPES, SIG, check_triton_device, next_pow2
 

@@ -15,27 +15,12 @@ import re
 import shutil
 import subprocess
 import tempfile
-from typing import Any, Callable, Dict
+
+from pyengine.kernels._common import KernelCase  # noqa: F401 (the kernels list their cases with it)
 
 # Max dynamic shared memory per block on H100 (sm_90) with the opt-in attribute: 227 KiB.
 H100_SHARED_LIMIT = 227 * 1024
 H100_REG_LIMIT = 255
-
-
-@dataclasses.dataclass
-class KernelCase:
-    """One compiled configuration of a Triton kernel: the signature (``{"x_ptr": "*fp16", "n": "i32",
-    "BLOCK": "constexpr"}``), the constexpr values, the launch options, and the specialisation attributes
-    (``{"x_ptr": [["tt.divisibility", 16]]}``, as a real launch on aligned arguments gets) plus any other
-    compile options the launcher passes (``{"enable_fp_fusion": False}``)."""
-    name: str
-    fn: Callable
-    signature: Dict[str, str]
-    constexprs: Dict[str, Any]
-    num_warps: int = 4
-    num_stages: int = 3
-    attrs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    options: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -22,6 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from .backends import BACKENDS, BackendUnavailableError
+# The op wrappers, imported once (each imports its Triton kernel module only when it launches one, so
+# TRITON_INTERPRET may still be set after this import).
+from .ops.attention import attention, attention_ref
+from .ops.gather_tokens import gather_tokens
+from .ops.layernorm import layernorm, layernorm_ref
+from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
+from .ops.tpc_select import tpc_select
 
 OPS = ("ln_linear", "layernorm", "attention", "tpc_select", "gather_tokens")
 
@@ -125,7 +132,6 @@ class Ops:
         self.impl = {op: c.impl for op, c in self.choice.items()}
 
     def ln_linear(self, x, weight, bias=None, **kw):
-        from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
         impl = self.impl["ln_linear"]
         if impl == "aten":
             return ln_linear_aten(x, weight, bias, **kw)
@@ -134,14 +140,12 @@ class Ops:
         return ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)
 
     def layernorm(self, x, weight, bias, **kw):
-        from .ops.layernorm import layernorm, layernorm_ref
         impl = self.impl["layernorm"]
         if impl in ("aten", "reference"):
             return layernorm_ref(x, weight, bias, **kw)
         return layernorm(x, weight, bias, backend=impl, **kw)
 
     def attention(self, q, k, v):
-        from .ops.attention import attention, attention_ref
         impl = self.impl["attention"]
         if impl == "sdpa":
             return sdpa_attention(q, k, v)
@@ -150,7 +154,6 @@ class Ops:
         return attention(q, k, v, allow_tf32=self.allow_tf32, backend=impl)
 
     def tpc_select(self, x, keep, center=None, tie_break="index", noise=None):
-        from .ops.tpc_select import tpc_select
         return tpc_select(x, keep, center=center, tie_break=tie_break, noise=noise, backend=self.impl["tpc_select"])
 
     def gather_tokens(self, x, index, add=None):
@@ -159,5 +162,4 @@ class Ops:
             batch = torch.arange(x.shape[0], device=x.device).unsqueeze(-1)
             out = x[batch, index]
             return out if add is None else out + add
-        from .ops.gather_tokens import gather_tokens
         return gather_tokens(x, index, add, backend=impl, check_values=False)  # no host sync in the forward
