@@ -6,7 +6,8 @@
 //       q[s] = softmax_s(mean_w[c] * sum_r x[r, s] g[r] / R + mean_b[c]), a[r] = sum_s x[r, s] q[s] -> scratch.
 //   susa_gate_kernel, one block per (n, r): z = conv_w @ a[:, r] + conv_b (a warp per output channel),
 //       LayerNorm over C (eps 1e-5) and sigmoid, or z itself without LN; written over the scratch in place.
-//   susa_apply_kernel, elementwise in x's memory order: out[n, out_index[c], h, w] = x * gate (second read of x).
+//   susa_apply_kernel, elementwise in x's memory order: out[n, out_index[c], h, w] = x * gate (second read of x);
+//       an out_index[c] outside [0, C_out) is skipped (a device-side bound: no host sync, no out-of-bounds write).
 // All arithmetic is fp32; x and out may have any strides (channel slices, channels-last).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -144,7 +145,8 @@ __global__ void susa_gate_kernel(float* __restrict__ a, const float* __restrict_
 
 template <typename T>
 __global__ void susa_apply_kernel(const T* __restrict__ x, const float* __restrict__ gate, T* __restrict__ out,
-                                  const int32_t* __restrict__ out_index, long long total, int C, int H, int W,
+                                  const int32_t* __restrict__ out_index, long long total, int C, int C_out, int H,
+                                  int W,
                                   long long sxn, long long sxc, long long sxh, long long sxw, long long son,
                                   long long soc, long long soh, long long sow, bool h_wise, bool channels_last) {
   const int R = h_wise ? H : W;
@@ -162,16 +164,22 @@ __global__ void susa_apply_kernel(const T* __restrict__ x, const float* __restri
       c = (i / (static_cast<long long>(W) * H)) % C;
       n = i / (static_cast<long long>(W) * H * C);
     }
+    // Device-side bound: an out_index outside [0, C_out) is skipped, never written out of bounds (the host checks
+    // the range only for CPU tensors: a check here would need a host sync). Skipped, not clamped: clamping would
+    // overwrite another channel's result.
+    const int oc = out_index[c];
+    if (oc < 0 || oc >= C_out) continue;
     const float g = gate[(n * C + c) * R + (h_wise ? h : w)];
     const float v = to_float(x[n * sxn + c * sxc + h * sxh + w * sxw]) * g;
-    out[n * son + static_cast<long long>(out_index[c]) * soc + h * soh + w * sow] = from_float<T>(v);
+    out[n * son + static_cast<long long>(oc) * soc + h * soh + w * sow] = from_float<T>(v);
   }
 }
 
 template <typename T>
 cudaError_t launch(const void* x, void* out, const int32_t* out_index, const float* gw, const float* mw,
                    const float* mb, const float* cw, const float* cb, const float* lw, const float* lb,
-                   float* scratch, long long N, long long C, long long H, long long W, const long long* xs,
+                   float* scratch, long long N, long long C, long long C_out, long long H, long long W,
+                   const long long* xs,
                    const long long* os, bool h_wise, bool channels_last, cudaStream_t stream) {
   const long long R = h_wise ? H : W;
   const size_t stripe_smem = static_cast<size_t>(H * W + (h_wise ? W : H)) * sizeof(float);
@@ -196,32 +204,34 @@ cudaError_t launch(const void* x, void* out, const int32_t* out_index, const flo
   if (blocks > 65535LL * 32) blocks = 65535LL * 32;  // grid-stride loop covers the rest
   susa_apply_kernel<T><<<static_cast<unsigned>(blocks), kApplyThreads, 0, stream>>>(
       static_cast<const T*>(x), scratch, static_cast<T*>(out), out_index, total, static_cast<int>(C),
-      static_cast<int>(H), static_cast<int>(W), xs[0], xs[1], xs[2], xs[3], os[0], os[1], os[2], os[3], h_wise,
-      channels_last);
+      static_cast<int>(C_out), static_cast<int>(H), static_cast<int>(W), xs[0], xs[1], xs[2], xs[3], os[0], os[1],
+      os[2], os[3], h_wise, channels_last);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 // Raw-pointer host launcher. dtype: 0 float32, 1 float16, 2 bfloat16 (x and out); params fp32 contiguous
-// (conv_w [C, C]; lw = lb = nullptr: LN off); scratch fp32 [N, C, R]; xs / os: the 4 strides of x / out in
-// elements; stream: a cudaStream_t. Preconditions (checked by the caller): N*C and N*R fit a grid,
-// H * W + max(H, W) floats fit in shared memory. Returns the cudaError_t of the launches (0 on success).
+// (conv_w [C, C]; lw = lb = nullptr: LN off); scratch fp32 [N, C, R]; out has C_out channels (an out_index
+// element outside [0, C_out) is skipped); xs / os: the 4 strides of x / out in elements; stream: a cudaStream_t.
+// Preconditions (checked by the caller): N*C and N*R fit a grid, H * W + max(H, W) floats fit in shared memory.
+// Returns the cudaError_t of the launches (0 on success).
 int susa_cuda_launch(int dtype, const void* x, void* out, const int32_t* out_index, const float* gw,
                      const float* mw, const float* mb, const float* cw, const float* cb, const float* lw,
-                     const float* lb, float* scratch, long long N, long long C, long long H, long long W,
-                     const long long* xs, const long long* os, bool h_wise, bool channels_last, void* stream) {
+                     const float* lb, float* scratch, long long N, long long C, long long C_out, long long H,
+                     long long W, const long long* xs, const long long* os, bool h_wise, bool channels_last,
+                     void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   switch (dtype) {
     case 0:
-      return launch<float>(x, out, out_index, gw, mw, mb, cw, cb, lw, lb, scratch, N, C, H, W, xs, os, h_wise,
-                           channels_last, st);
+      return launch<float>(x, out, out_index, gw, mw, mb, cw, cb, lw, lb, scratch, N, C, C_out, H, W, xs, os,
+                           h_wise, channels_last, st);
     case 1:
-      return launch<__half>(x, out, out_index, gw, mw, mb, cw, cb, lw, lb, scratch, N, C, H, W, xs, os, h_wise,
-                            channels_last, st);
+      return launch<__half>(x, out, out_index, gw, mw, mb, cw, cb, lw, lb, scratch, N, C, C_out, H, W, xs, os,
+                            h_wise, channels_last, st);
     case 2:
-      return launch<__nv_bfloat16>(x, out, out_index, gw, mw, mb, cw, cb, lw, lb, scratch, N, C, H, W, xs, os,
-                                   h_wise, channels_last, st);
+      return launch<__nv_bfloat16>(x, out, out_index, gw, mw, mb, cw, cb, lw, lb, scratch, N, C, C_out, H, W, xs,
+                                   os, h_wise, channels_last, st);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }

@@ -12,8 +12,9 @@
 
 int susa_cuda_launch(int dtype, const void* x, void* out, const int32_t* out_index, const float* gw,
                      const float* mw, const float* mb, const float* cw, const float* cb, const float* lw,
-                     const float* lb, float* scratch, long long N, long long C, long long H, long long W,
-                     const long long* xs, const long long* os, bool h_wise, bool channels_last, void* stream);
+                     const float* lb, float* scratch, long long N, long long C, long long C_out, long long H,
+                     long long W, const long long* xs, const long long* os, bool h_wise, bool channels_last,
+                     void* stream);
 
 namespace {
 
@@ -72,7 +73,7 @@ void susa_cuda(const torch::Tensor& x, const torch::Tensor& group_weight, const 
   const int err = susa_cuda_launch(dtype, x.data_ptr(), out.data_ptr(), out_index.data_ptr<int32_t>(),
                                    group_weight.data_ptr<float>(), mean_w.data_ptr<float>(), mean_b.data_ptr<float>(),
                                    conv_w.data_ptr<float>(), conv_b.data_ptr<float>(), lw, lb,
-                                   scratch.data_ptr<float>(), N, C, H, W, xs, os, h_wise, channels_last,
+                                   scratch.data_ptr<float>(), N, C, out.size(1), H, W, xs, os, h_wise, channels_last,
                                    c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == 0, "susa_cuda: kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
 }

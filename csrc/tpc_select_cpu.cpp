@@ -7,6 +7,7 @@
 //   delta_i= min over the tokens denser than i of D_ij, or the largest D of the sample if none is denser;
 //            "denser": rho_j > rho_i, or (tie_break == index) rho_j == rho_i and j < i;
 //   score  = delta * rho; the keep highest scores win (equal scores: lower index), sorted ascending.
+//   Non-finite features: a NaN distance counts as +inf (D_ii stays 0), a NaN score as -inf (below every number).
 //   With center >= 0 the centre is excluded from the ranking, keep - 1 others are chosen, and it is added back.
 // Distances are accumulated in 16 vectorisable partial sums (summed in double) and rounded to the input precision;
 // the selection equals the reference's wherever the scores are not within rounding of each other.
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace {
@@ -88,6 +90,14 @@ PYENGINE_CLONES void squared_distance4(const double* a, const double* b, int64_t
   squared_distance4_impl(a, b, C, out);
 }
 
+// Non-finite features (docs/tpc.md): a NaN distance (a NaN feature, inf - inf) is stored as +inf, a NaN score
+// (inf * 0) ranks as -inf, so the sorts below always compare numbers (a NaN would break std::partial_sort's strict
+// weak ordering: undefined behaviour) and the result is the one of the CUDA / Triton kernels and the reference.
+template <typename T>
+inline T nan_to_inf(T v) {
+  return v != v ? std::numeric_limits<T>::infinity() : v;
+}
+
 template <typename scalar_t>
 void select_one(const scalar_t* x, int64_t N, int64_t C, int64_t keep, int64_t k, int64_t center, bool index_ties,
                 const scalar_t* noise, int64_t* out) {
@@ -101,14 +111,14 @@ void select_one(const scalar_t* x, int64_t N, int64_t C, int64_t keep, int64_t k
       double acc[4];
       squared_distance4(xi, x + j * C, C, acc);
       for (int64_t p = 0; p < 4; ++p) {
-        const scalar_t dij = static_cast<scalar_t>(std::sqrt(acc[p]) * inv_sqrt_c);
+        const scalar_t dij = nan_to_inf(static_cast<scalar_t>(std::sqrt(acc[p]) * inv_sqrt_c));
         D[i * N + j + p] = dij;
         D[(j + p) * N + i] = dij;
       }
     }
     for (; j < N; ++j) {
       const double acc = squared_distance(xi, x + j * C, C);
-      const scalar_t dij = static_cast<scalar_t>(std::sqrt(acc) * inv_sqrt_c);
+      const scalar_t dij = nan_to_inf(static_cast<scalar_t>(std::sqrt(acc) * inv_sqrt_c));
       D[i * N + j] = dij;
       D[j * N + i] = dij;
     }
@@ -132,7 +142,8 @@ void select_one(const scalar_t* x, int64_t N, int64_t C, int64_t keep, int64_t k
       const bool denser = rho[j] > rho[i] || (index_ties && rho[j] == rho[i] && j < i);
       if (denser && D[i * N + j] < delta) delta = D[i * N + j];
     }
-    score[i] = static_cast<double>(static_cast<scalar_t>(delta * rho[i]));  // rounded like the reference
+    const double s = static_cast<double>(static_cast<scalar_t>(delta * rho[i]));  // rounded like the reference
+    score[i] = s != s ? -std::numeric_limits<double>::infinity() : s;
   }
   std::vector<int64_t> order;
   order.reserve(N);

@@ -6,14 +6,19 @@
 //      thread, D_ij = sqrt(sum_c (x_ic - x_jc)^2) / sqrt(C) from direct differences, with 16 fp32 partial sums
 //      (lane l takes the channels c = l mod 16, in order), the C mod 16 tail channels summed in fp64, the lanes
 //      added to it in lane order in fp64, sqrt and the 1/sqrt(C) scale in fp64, rounded to fp32; stored at (i, j)
-//      and (j, i), so D is symmetric bit for bit and D_ii == 0. Explicit __f*_rn / __d*_rn intrinsics keep nvcc
-//      from contracting into FMAs (the C++ build uses -ffp-contract=off).
+//      and, off the diagonal tiles, mirrored at (j, i), so D is symmetric bit for bit and D_ii == 0. Explicit
+//      __f*_rn / __d*_rn intrinsics keep nvcc from contracting into FMAs (the C++ build uses -ffp-contract=off).
 //   2. select_kernel, one block per sample (F <= kMaxTokens): rho_i = exp(-mean of the k smallest D_i.^2) (+ noise)
 //      one warp per row; the sample's largest distance; delta_i = min over denser j of D_ij (else that maximum),
-//      score = delta * rho; rank by counting (higher score first, equal scores: lower index), the kept flags, and
-//      each kept token written at its position in the ascending output (the number of kept tokens before it).
+//      score = delta * rho (NaN -> -inf); rank by counting (higher score first, equal scores: lower index), the kept
+//      flags, and each kept token written at its position in the ascending output (the number of kept before it).
+// Non-finite features (docs/tpc.md): a NaN distance is stored as +inf (D_ii stays 0), a NaN score as -inf, so every
+// comparison below is on numbers and the result is the same as the C++ / Triton / reference.
+// The host launcher runs the batch in chunks of `scratch_batch` samples that share one [scratch_batch, F, F]
+// distance scratch (the stream orders the chunks, so the scratch is reused safely).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -67,10 +72,14 @@ __global__ void __launch_bounds__(kTile * kTile) distance_kernel(const float* __
   }
 #pragma unroll
   for (int l = 0; l < kLanes; ++l) acc = __dadd_rn(acc, static_cast<double>(lane[l]));
-  const float dij = static_cast<float>(__dmul_rn(__dsqrt_rn(acc), inv_sqrt_c));
+  float dij = static_cast<float>(__dmul_rn(__dsqrt_rn(acc), inv_sqrt_c));
+  if (dij != dij) dij = INFINITY;  // NaN (a NaN feature, inf - inf): infinitely far (docs/tpc.md, non-finite)
+  if (i == j) dij = 0.f;           // D_ii == 0 even for a non-finite token (as the C++)
   float* db = dist + static_cast<size_t>(b) * F * F;
   db[static_cast<size_t>(i) * F + j] = dij;
-  db[static_cast<size_t>(j) * F + i] = dij;
+  // The mirror: a diagonal tile (ti == tj) computes (j, i) itself, bit for bit the same, so writing the mirror
+  // there would store each element twice from two threads (a benign race, but one sanitizers report).
+  if (ti != tj) db[static_cast<size_t>(j) * F + i] = dij;
 }
 
 // Lexicographic (value, index) minimum across a warp.
@@ -156,7 +165,10 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const float* __r
       if (denser) delta = fminf(delta, row[j]);
     }
     delta = warp_min(delta);
-    if (lane == 0) score_s[i] = __fmul_rn(delta, ri);
+    if (lane == 0) {
+      const float s = __fmul_rn(delta, ri);  // NaN for inf * 0 (a non-finite token): ranks as -inf
+      score_s[i] = s != s ? -INFINITY : s;
+    }
   }
   __syncthreads();
 
@@ -183,22 +195,31 @@ __global__ void __launch_bounds__(kSelectThreads) select_kernel(const float* __r
 
 }  // namespace
 
-// x [B, F, C] float32 contiguous (device), noise nullptr or [B, F] float32, dist_scratch [B, F, F] float32,
-// out [B, keep] int64; center -1 for none. Requires 1 <= keep <= F <= 1024, 1 <= k <= F, B <= 65535 * 32768.
-// Returns the launch error (cudaSuccess when both kernels were queued on `stream`).
-cudaError_t tpc_select_cuda_launch(const float* x, const float* noise, float* dist_scratch, int64_t* out, int B,
-                                   int F, int C, int keep, int k, int center, bool index_ties,
+// x [B, F, C] float32 contiguous (device), noise nullptr or [B, F] float32, dist_scratch [scratch_batch, F, F]
+// float32 (the batch runs in chunks of scratch_batch samples), out [B, keep] int64; center -1 for none.
+// Requires 1 <= keep <= F <= 1024, 1 <= k <= F, scratch_batch >= 1.
+// Returns the launch error (cudaSuccess when every kernel was queued on `stream`).
+cudaError_t tpc_select_cuda_launch(const float* x, const float* noise, float* dist_scratch, int scratch_batch,
+                                   int64_t* out, int B, int F, int C, int keep, int k, int center, bool index_ties,
                                    cudaStream_t stream) {
   if (B <= 0) return cudaSuccess;
-  if (F < 1 || F > kMaxTokens || C < 1 || keep < 1 || keep > F || k < 1 || k > F || center < -1 || center >= F)
+  if (F < 1 || F > kMaxTokens || C < 1 || keep < 1 || keep > F || k < 1 || k > F || center < -1 || center >= F ||
+      scratch_batch < 1)
     return cudaErrorInvalidValue;
   const int tiles = (F + kTile - 1) / kTile;
   const double inv_sqrt_c = 1.0 / std::sqrt(static_cast<double>(C));
-  distance_kernel<<<dim3(B, tiles, tiles), dim3(kTile, kTile), 0, stream>>>(x, dist_scratch, F, C, inv_sqrt_c);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
   const int n_rank = center >= 0 ? keep - 1 : keep;
-  select_kernel<<<B, kSelectThreads, 0, stream>>>(dist_scratch, noise, out, F, keep, n_rank, k, center,
-                                                  index_ties ? 1 : 0);
-  return cudaGetLastError();
+  for (int b0 = 0; b0 < B; b0 += scratch_batch) {
+    const int nb = std::min(scratch_batch, B - b0);
+    distance_kernel<<<dim3(nb, tiles, tiles), dim3(kTile, kTile), 0, stream>>>(
+        x + static_cast<size_t>(b0) * F * C, dist_scratch, F, C, inv_sqrt_c);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    select_kernel<<<nb, kSelectThreads, 0, stream>>>(
+        dist_scratch, noise != nullptr ? noise + static_cast<size_t>(b0) * F : nullptr,
+        out + static_cast<size_t>(b0) * keep, F, keep, n_rank, k, center, index_ties ? 1 : 0);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }

@@ -7,9 +7,15 @@
 #include <cuda_runtime.h>
 #include <torch/extension.h>
 
-cudaError_t tpc_select_cuda_launch(const float* x, const float* noise, float* dist_scratch, int64_t* out, int B,
-                                   int F, int C, int keep, int k, int center, bool index_ties,
+#include <algorithm>
+
+cudaError_t tpc_select_cuda_launch(const float* x, const float* noise, float* dist_scratch, int scratch_batch,
+                                   int64_t* out, int B, int F, int C, int keep, int k, int center, bool index_ties,
                                    cudaStream_t stream);
+
+// At most this many floats (256 MiB) of [chunk, N, N] distance scratch per call: a larger batch runs in chunks that
+// reuse it (the Triton launcher's SCRATCH_FLOATS, kernels/tpc_select.py).
+constexpr int64_t kScratchFloats = int64_t(1) << 26;
 
 // x [B, N, C] float32 contiguous CUDA; noise: empty or [B, N] float32 on x's device. Returns int64 [B, keep].
 torch::Tensor tpc_select_cuda(const torch::Tensor& x, int64_t keep, int64_t k, int64_t center, bool index_ties,
@@ -32,9 +38,11 @@ torch::Tensor tpc_select_cuda(const torch::Tensor& x, int64_t keep, int64_t k, i
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = torch::empty({B, keep}, x.options().dtype(torch::kLong));
   if (B == 0) return out;
-  auto dist = torch::empty({B, N, N}, x.options());
+  const int64_t chunk = std::min(B, std::max<int64_t>(1, kScratchFloats / (N * N)));
+  auto dist = torch::empty({chunk, N, N}, x.options());
   const cudaError_t err = tpc_select_cuda_launch(
-      x.data_ptr<float>(), noise_ptr, dist.data_ptr<float>(), out.data_ptr<int64_t>(), static_cast<int>(B),
+      x.data_ptr<float>(), noise_ptr, dist.data_ptr<float>(), static_cast<int>(chunk), out.data_ptr<int64_t>(),
+      static_cast<int>(B),
       static_cast<int>(N), static_cast<int>(C), static_cast<int>(keep), static_cast<int>(k),
       static_cast<int>(center), index_ties, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "tpc_select_cuda: kernel launch failed: ", cudaGetErrorString(err));

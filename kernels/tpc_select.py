@@ -4,8 +4,8 @@ Two launches per call:
 
 1. ``_tpc_distance_kernel``, grid ``(B, T, T)`` over ``TILE x TILE`` tiles of token pairs (only tiles with
    ``tj >= ti`` work): ``D_ij = sqrt(sum_c (x_ic - x_jc)^2) / sqrt(C)`` from direct differences, written to a
-   ``[B, F, F]`` float32 scratch at ``(i, j)`` and mirrored at ``(j, i)``, so ``D`` is symmetric bit for bit and
-   ``D_ii == 0``. The arithmetic is the one of ``csrc/tpc_select_cpu.cpp`` (so the three implementations agree to
+   ``[B, F, F]`` float32 scratch at ``(i, j)`` and, off the diagonal tiles, mirrored at ``(j, i)``, so ``D`` is
+   symmetric bit for bit and ``D_ii == 0``; a NaN distance is stored as ``+inf`` (non-finite features, docs/tpc.md). The arithmetic is the one of ``csrc/tpc_select_cpu.cpp`` (so the three implementations agree to
    the bit on the distances): 16 fp32 partial sums (lane ``l`` takes channels ``c = l (mod 16)`` in order), the
    ``C mod 16`` tail channels summed in fp64, the lanes added to it in lane order in fp64, then
    ``sqrt(acc) * (1 / sqrt(C))`` in fp64 rounded to fp32. Launched with ``enable_fp_fusion=False`` (no FMA
@@ -15,7 +15,8 @@ Two launches per call:
    density ``rho_i = exp(-mean of the k smallest D_i.^2)`` (fp64, as the C++; + noise), the sample's largest
    distance, ``delta_i`` (nearest denser token, else that maximum), ``score = delta * rho`` (fp32), the rank by
    counting ``rank_i = #{j != center: s_j > s_i or (s_j == s_i and j < i)}``, the kept flags (``rank < n_rank``,
-   plus the centre) and their positions in the ascending output by a running prefix sum.
+   plus the centre) and their positions in the ascending output by a running prefix sum. A NaN score (``inf * 0``)
+   ranks as ``-inf``.
    Per-token vectors (rho, score) stay in registers as ``[FBLOCK]`` vectors; a row block's values are read
    out of them with a one-hot sum (exact: one value plus zeros).
 
@@ -67,10 +68,14 @@ def _tpc_distance_kernel(x_ptr, d_ptr, F, C, stride_xb, stride_xf,
         # fp64 sqrt and division are correctly rounded on the GPU (sqrt.rn.f64, div.rn.f64), like std::sqrt and /
         inv_sqrt_c = 1.0 / tl.sqrt(tl.full([], C, tl.float64))
         dist = (tl.sqrt(total) * inv_sqrt_c).to(tl.float32)
+        # non-finite features (docs/tpc.md): a NaN distance counts as +inf; a token stays at 0 from itself
+        dist = tl.where(dist != dist, float("inf"), dist)
+        dist = tl.where(rows_i[:, None] == rows_j[None, :], 0.0, dist)
         db = d_ptr + b * F * F
         ok = ok_i[:, None] & ok_j[None, :]
         tl.store(db + rows_i[:, None] * F + rows_j[None, :], dist, mask=ok)
-        tl.store(db + rows_j[None, :] * F + rows_i[:, None], dist, mask=ok)
+        if tj > ti:  # the mirror; a diagonal tile computes (j, i) itself (writing both would store twice: a race)
+            tl.store(db + rows_j[None, :] * F + rows_i[:, None], dist, mask=ok)
 
 
 @triton.jit
@@ -118,7 +123,9 @@ def _tpc_select_kernel(d_ptr, noise_ptr, out_ptr, F, keep, n_rank, k, center, in
         denser = rho_all[None, :] > rho_i[:, None]
         denser = denser | ((index_ties != 0) & (rho_all[None, :] == rho_i[:, None]) & (cols[None, :] < rows[:, None]))
         delta = tl.min(tl.where(denser & ok, d, dist_max), axis=1)
-        score = tl.where(row_ok, delta * rho_i, 0.0)
+        score = delta * rho_i
+        score = tl.where(score != score, float("-inf"), score)  # NaN (inf * 0) ranks as -inf (docs/tpc.md)
+        score = tl.where(row_ok, score, 0.0)
         score_all += tl.sum(tl.where(cols[None, :] == rows[:, None], score[:, None], 0.0), axis=0)
     # 3. rank by counting (higher score first, equal scores: lower index), keep n_rank (+ centre), ascending
     competitor = col_ok & (cols != center)

@@ -1,0 +1,3 @@
+// CUDA-on-CPU stand-in for <cuda_bf16.h> (tools/cuda_emu/README.md).
+#pragma once
+#include "../cuda_emu.h"
