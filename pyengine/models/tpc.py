@@ -49,6 +49,10 @@ def dpc_knn_scores(x, k=2, tie_break="index", noise=None):
     """Return ``(score, rho, delta, dist)`` of the DPC-kNN clustering, all for the features ``x [B, N, C]``."""
     B, N, _ = x.shape
     dist = pairwise_distance(x)
+    # Non-finite features (docs/tpc.md): a NaN distance (a NaN feature, inf - inf) counts as infinitely far, and a
+    # token stays at distance 0 from itself, so every comparison below is on numbers (as in the kernels).
+    dist = torch.where(dist.isnan(), float("inf"), dist)
+    dist.diagonal(dim1=-2, dim2=-1).zero_()
     # k smallest distances of each row, the token itself included (distance 0).
     nearest = dist.topk(k, dim=-1, largest=False).values
     rho = (-(nearest ** 2).mean(dim=-1)).exp()
@@ -95,11 +99,16 @@ def dpc_knn_select(x, keep, k=2, center=None, tie_break="index", noise=None):
     score, *_ = dpc_knn_scores(x, k=k, tie_break=tie_break, noise=noise)
     B, N = score.shape
     n_rank = keep if center is None else keep - 1
+    # A NaN score (inf * 0: a token with non-finite features) ranks as -inf, below every number (docs/tpc.md).
+    score = torch.where(score.isnan(), float("-inf"), score)
+    # Highest score first, equal scores (-inf included): lower index first (a stable sort on the negated score).
+    order = torch.sort(-score, dim=-1, stable=True).indices
     if center is not None:
-        score = score.clone()
-        score[:, center] = -torch.inf
-    # Highest score first, equal scores: lower index first (a stable sort on the negated score).
-    order = torch.sort(-score, dim=-1, stable=True).indices[:, :n_rank]
+        # The centre takes no part in the ranking: move it behind the others, keeping their order (a stable sort
+        # on "is the centre"; masking its score to -inf would let it tie with other -inf scores and be picked).
+        is_center = (order == center).to(torch.int8)
+        order = order.gather(-1, torch.sort(is_center, dim=-1, stable=True).indices)
+    order = order[:, :n_rank]
     if center is not None:
         order = torch.cat([order, torch.full((B, 1), center, dtype=order.dtype, device=order.device)], dim=-1)
     return order.sort(dim=-1).values
