@@ -377,3 +377,114 @@ def test_fused_launch_plan(arch, monkeypatch):
     assert all(kw["in_cols"] == [0, 0] for kw in grouped)
     assert len(calls["attention"]) == 4 * d + (arch != "motionbert")
     assert not calls["layernorm"], "every LayerNorm is a GEMM prologue"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint pieces (pyengine.motionbert_ckpt): MMPose names, telling the architectures apart, shape inference.
+# ---------------------------------------------------------------------------------------------------------------
+def test_mmpose_names_round_trip_and_load_identically():
+    from pyengine import motionbert_ckpt as mc
+
+    model = randomize_(MotionBERT(**TINY), seed=9).eval()
+    sd = model.state_dict()
+    mm = mc.to_mmpose(sd)
+    # SPEC.md §7's mapping, spelled out
+    assert {"backbone.spat_embed", "backbone.temp_embed", "backbone.joints_embed.weight", "backbone.norm.bias",
+            "backbone.attn_regress.1.weight", "backbone.blocks_st.0.mlp_s.0.weight",
+            "backbone.blocks_ts.1.mlp_t.2.bias", "backbone.blocks_ts.0.attn_t.qkv.weight", "backbone.blocks_st.1.norm2_t.weight",
+            "head.pre_logits.fc.weight", "head.fc.weight", "head.fc.bias"} <= set(mm)
+    assert len(mm) == len(sd) and not any("fc1" in k or "fc2" in k or "ts_attn" in k for k in mm)
+    assert mc.is_mmpose(mm) and not mc.is_mmpose(sd)
+    back, note = mc.from_mmpose(mm)
+    assert "MMPose" in note and set(back) == set(sd) and all(back[k] is sd[k] for k in sd)
+    arch, _ = mc.detect(back)
+    config = {k: v for k, (v, _) in mc.infer(arch, back).items()}
+    loaded = MotionBERT(**config, num_heads=2).eval()
+    loaded.load_state_dict(back, strict=True)
+    x = poses(2, 9)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("key,match", [
+    ("data_preprocessor.mean", r"unexpected key 'data_preprocessor.mean' \(expected 'backbone.\*'"),
+    ("head.final_layer.weight", r"unexpected head key 'head.final_layer.weight'"),
+    ("backbone.pos_embed", r"'backbone.pos_embed' mixes the published DSTformer name 'pos_embed'"),
+    ("backbone.blocks_st.0.mlp_s.fc1.weight", r"mixes the published DSTformer name"),
+    ("backbone.head.weight", r"keys 'head.fc.weight' and 'backbone.head.weight' both map to 'head.weight'"),
+])
+def test_mmpose_renaming_refuses_what_it_cannot_place(key, match):
+    from pyengine import motionbert_ckpt as mc
+    from pyengine.checkpoint import CheckpointError
+
+    mm = mc.to_mmpose(MotionBERT(**TINY).state_dict())
+    mm[key] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=match):
+        mc.from_mmpose(mm)
+
+
+def test_detect_tells_the_architectures_apart():
+    from pyengine import motionbert_ckpt as mc
+    from pyengine.models import MixSTE
+
+    assert mc.detect(MotionBERT(**TINY).state_dict())[0] == "motionbert"
+    hot = HoTMotionBERT(**TINY_HOT).state_dict()
+    assert mc.detect(hot)[0] == "hot_motionbert"
+    partial = {k: v for k, v in hot.items() if k != "x_token"}  # one HoT key is enough; strictness names the rest
+    assert mc.detect(partial)[0] == "hot_motionbert"
+    assert mc.detect(MixSTE(frames=9, channel=16, depth=1).state_dict()) is None
+    assert mc.detect(mc.to_mmpose(MotionBERT(**TINY).state_dict())) is None, "MMPose names: rename first"
+
+
+@pytest.mark.parametrize("arch,cfg", [
+    ("motionbert", dict(dim_feat=16, dim_rep=12, depth=2, num_heads=2, mlp_ratio=2, maxlen=9)),
+    # odd widths; hidden int(14 * 4.3572) = 61, for which the float 61 / 14 gives int(14 * ratio) = 60 (a nudge)
+    ("motionbert", dict(dim_in=2, dim_out=4, dim_feat=14, dim_rep=5, depth=3, num_heads=7, mlp_ratio=4.3572,
+                        num_joints=15, maxlen=4)),
+    ("hot_motionbert", dict(dim_feat=24, dim_rep=8, depth=2, num_heads=3, mlp_ratio=2.5, maxlen=7, token_num=3)),
+])
+def test_infer_reads_every_shape_determined_hyperparameter(arch, cfg):
+    from pyengine import motionbert_ckpt as mc
+
+    model = REF[arch](**cfg)
+    sd = model.state_dict()
+    got = {k: v for k, (v, _) in mc.infer(arch, sd).items()}
+    shape_set = {"dim_in", "dim_out", "dim_feat", "dim_rep", "depth", "mlp_ratio", "num_joints", "maxlen"}
+    assert set(got) == shape_set | ({"token_num"} if arch == "hot_motionbert" else set())
+    rebuilt = REF[arch](**got, num_heads=cfg["num_heads"])
+    assert rebuilt.mlp_hidden == model.mlp_hidden
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in sd.items()}
+    for name, value in cfg.items():
+        if name in got and name != "mlp_ratio":
+            assert got[name] == value, name
+
+
+def test_mlp_ratio_gives_back_the_width_at_any_size():
+    from pyengine.motionbert_ckpt import mlp_ratio_for
+
+    for dim in range(1, 80):
+        for hidden in range(1, 400):
+            assert int(dim * mlp_ratio_for(dim, hidden)) == hidden, (dim, hidden)  # e.g. (7, 61) needs a nudge
+    assert mlp_ratio_for(512, 1024) == 2 and isinstance(mlp_ratio_for(256, 1024), int)
+
+
+def test_infer_names_a_missing_or_misshaped_key():
+    from pyengine import motionbert_ckpt as mc
+    from pyengine.checkpoint import CheckpointError
+
+    sd = dict(MotionBERT(**TINY).state_dict())
+    bad = dict(sd, **{"norm.weight": torch.zeros(17)})
+    with pytest.raises(CheckpointError, match=r"mis-shaped key\(s\) 'norm.weight' of shape \[17\]: 5 other keys"):
+        mc.infer("motionbert", bad)
+    with pytest.raises(CheckpointError, match=r"no key 'joints_embed.weight'"):
+        mc.infer("motionbert", {k: v for k, v in sd.items() if not k.startswith("joints_embed.")})
+    with pytest.raises(CheckpointError, match=r"keys disagree on dim_rep"):
+        mc.infer("motionbert", dict(sd, **{"head.weight": torch.zeros(3, 13)}))
+    # a removed layer's keys leave the depth at the largest count, so the strict key check names them missing
+    fewer = {k: v for k, v in sd.items() if not k.startswith("ts_attn.1.")}
+    depth, why = mc.infer("motionbert", fewer)["depth"]
+    assert depth == 2 and "ts_attn.i: 1" in why
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"ts_attn.1.weight\""):
+        MotionBERT(**TINY).load_state_dict(fewer, strict=True)
+    with pytest.raises(ValueError, match="arch: expected one of"):
+        mc.infer("mixste", sd)
