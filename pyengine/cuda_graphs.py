@@ -54,8 +54,13 @@ class CudaGraphCapturer:
         return graph.replay, out
 
 
+def tensor_state(t: torch.Tensor):
+    """What identifies a tensor's contents without reading them: data pointer, in-place version, dtype, device.
+    Inference tensors (made under ``torch.inference_mode``) keep no version counter: ``None`` marks them."""
+    return (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
+
+
 def _model_state(model):
-    from .nn._common import tensor_state
     return tuple(tensor_state(t) for t in (*model.parameters(), *model.buffers()))
 
 

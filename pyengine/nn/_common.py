@@ -3,6 +3,7 @@ fused pre-norm transformer block used by the MHG encoders and MixSTE."""
 import torch
 from torch import nn
 
+from ..cuda_graphs import tensor_state
 from ..dispatch import Ops
 
 
@@ -41,12 +42,6 @@ class Fused(nn.Module):
         if torch.is_grad_enabled() and any(s.requires_grad for s in sources):
             return build()
         return version_cached(self, name, sources, build)
-
-
-def tensor_state(t: torch.Tensor):
-    """What identifies a tensor's contents without reading them: data pointer, in-place version, dtype, device.
-    Inference tensors (made under ``torch.inference_mode``) keep no version counter: ``None`` marks them."""
-    return (t.data_ptr(), None if t.is_inference() else t._version, t.dtype, t.device)
 
 
 def version_cached(owner: nn.Module, name: str, sources, build):
