@@ -235,11 +235,11 @@ def build_engine(case, dtype_name, allow_tf32, size="full"):
     with ``backend="triton"`` at the dtype."""
     import torch
 
-    import pyengine
     from pyengine import bench as pb
+    from pyengine.load import load
     arch, config = pb.case_config(case, size)
     model = pb.build_model(arch, config)
-    engine = pyengine.load(model, backend="triton", dtype=getattr(torch, dtype_name), device="cpu",
+    engine = load(model, backend="triton", dtype=getattr(torch, dtype_name), device="cpu",
                            allow_tf32=allow_tf32)
     return engine, model
 
