@@ -97,7 +97,9 @@ class MotionBERT(Fused, ref.MotionBERT):
         logits = ops.ln_linear(x_st, halves[0:1], lin.bias[None])
         logits = ops.ln_linear(x_ts, halves[1:2], None, residual=logits)  # [M, 2], no concat of the streams
         # softmax over two logits = (sigmoid(l0 - l1), 1 - that); glue a fused GEMM epilogue would remove.
-        a_st = torch.sigmoid((logits[:, 0:1] - logits[:, 1:2]).float()).to(x_st.dtype)
+        # The sigmoid runs in fp32 at least (fp16 / bf16 logits are upcast; fp64 stays fp64).
+        diff = logits[:, 0:1] - logits[:, 1:2]
+        a_st = torch.sigmoid(diff.to(torch.promote_types(diff.dtype, torch.float32))).to(x_st.dtype)
         return torch.lerp(x_ts, x_st, a_st)  # a_st * x_st + (1 - a_st) * x_ts
 
     def _encode(self, ops, x, index=None):
