@@ -26,7 +26,7 @@ from .backends import BackendUnavailableError
 from .checkpoint import CheckpointError
 from .engine import ValidationError, report, revert, swap
 from .keypoints import KeypointError, load_keypoints
-from .lift import Lifter, lift
+from .lift import Lifter, lift, lift_tracks
 from .load import LoadInfo, load
 from .models import dpc_knn_select
 from .onnx_export import ExportError, export

@@ -66,6 +66,19 @@ def _unit_interval(text):
     return value
 
 
+def _open_unit_interval(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+TRACK_OPTIONS = {"min_oks": "--min-oks", "max_gap": "--max-gap", "min_length": "--min-track-length"}
+
+
 def _add_config_options(p):
     for name in CONFIG_INTS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=_int_at_least(0 if name in AT_LEAST_0 else 1),
@@ -126,6 +139,21 @@ def _add_lift_parser(sub):
     k.add_argument("--interpolate", action="store_true",
                    help="fill missing keypoints (NaN or low score) and frames missing from an MMPose .json "
                         "linearly in time, holding the ends; without it they are an error (exit 2)")
+    m = p.add_argument_group("several people (MMPose .json; docs/lifting.md)")
+    people = m.add_mutually_exclusive_group()
+    people.add_argument("--multi-person", action="store_true",
+                        help="track and lift every person, even in a file with one instance per frame (default: "
+                             "automatic, on when a frame has several instances or the file several track_ids)")
+    people.add_argument("--single-person", action="store_true",
+                        help="lift only the highest-scoring instance of each frame (the one-person output format)")
+    m.add_argument("--min-oks", type=_open_unit_interval, default=None,
+                   help="in (0, 1]: the OKS gate of frame-to-frame assignment when the file has no track_id "
+                        "(default 0.3)")
+    m.add_argument("--max-gap", type=_int_at_least(0), default=None,
+                   help="frames a track may go undetected: shorter gaps are filled (needs --interpolate), longer "
+                        "ones end the track (default 10)")
+    m.add_argument("--min-track-length", dest="min_length", type=_int_at_least(1), default=None,
+                   help="segments spanning fewer frames are reported and skipped (default 10)")
     r = p.add_argument_group("inference and output")
     r.add_argument("--no-flip", dest="flip", action="store_false",
                    help="turn off flip test-time augmentation (on by default, as published)")
@@ -334,6 +362,14 @@ def _check_lift_args(args):
         if other:
             raise UsageError(f"--{' --'.join(vp3d)} apply to VideoPose3D .npz inputs only, got {other[0]!r} "
                              f"({formats[other[0]]})")
+    if args.multi_person:
+        other = [p for p, f in formats.items() if f != "json"]
+        if other:
+            raise UsageError(f"--multi-person: applies to MMPose .json input only, got {other[0]!r} "
+                             f"({formats[other[0]]})")
+    tracking = [flag for key, flag in TRACK_OPTIONS.items() if getattr(args, key) is not None]
+    if tracking and args.single_person:
+        raise UsageError(f"{' '.join(tracking)}: track several people, which --single-person turns off")
     if args.layout is not None:
         json_inputs = [p for p, f in formats.items() if f == "json"]
         if json_inputs:
@@ -382,10 +418,31 @@ def _build_model(args, device):
 
 
 def _read_one(args, path):
-    """Read and prepare one input (every check of the data): ``(keypoints [T, 17, 2], Keypoints2D)``."""
-    from .keypoints import DEFAULT_SCORE_THRESHOLD, load_keypoints
+    """Read and prepare one input (every check of the data): ``(keypoints [T, 17, 2], Keypoints2D)``, or
+    ``(None, Tracks)`` for several people (an MMPose .json with several instances in a frame or several
+    track_ids, or --multi-person)."""
+    from .keypoints import DEFAULT_SCORE_THRESHOLD, load_keypoints, read_detections
 
     threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
+    tracking = {key: getattr(args, key) for key in TRACK_OPTIONS if getattr(args, key) is not None}
+    if _input_format(path, args.format) == "json" and not args.single_person:
+        det = read_detections(path, format=args.format)
+        if args.multi_person or det.several_people:
+            from .tracks import build_tracks
+            if args.score_threshold is not None and not det.has_scores:
+                raise UsageError(f"--score-threshold {args.score_threshold:g}: {det.source} has no keypoint scores")
+            if "min_oks" in tracking and det.track_id is not None:
+                raise UsageError(f"--min-oks {args.min_oks:g}: {det.source} has track_id on every instance, so no "
+                                 f"assignment (and no OKS gate) is used")
+            tracks = build_tracks(det, width=args.width, height=args.height, normalized=args.normalized or None,
+                                  score_threshold=threshold, interpolate=args.interpolate, **tracking)
+            if not tracks.segments:
+                raise UsageError(" ".join(tracks.summary()) + "; nothing to lift (lower --min-track-length?)")
+            return None, tracks
+    if tracking:
+        flags = " ".join(TRACK_OPTIONS[k] for k in tracking)
+        raise UsageError(f"{flags}: apply to several people per frame; {path} has one person per frame (pass "
+                         f"--multi-person to track it anyway)")
     kp, raw = load_keypoints(path, width=args.width, height=args.height, normalized=args.normalized or None,
                              score_threshold=threshold, interpolate=args.interpolate, format=args.format,
                              layout=args.layout, subject=args.subject, action=args.action, camera=args.camera)
@@ -401,6 +458,79 @@ def _partial(path):
     return os.path.join(head, f".{stem}.partial-{os.getpid()}{ext}")
 
 
+def _write_atomic(out_path, arrays, render_fn, render_path):
+    """Write ``arrays`` to ``out_path`` (.npz) and, when ``render_path``, ``render_fn(tmp)``: each to a temporary
+    name first, renamed only once everything is complete."""
+    import numpy as np
+
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    written = []  # (partial, final)
+    try:
+        tmp = _partial(out_path)
+        np.savez(tmp, **arrays)
+        written.append((tmp, out_path))
+        if render_path:
+            os.makedirs(os.path.dirname(os.path.abspath(render_path)), exist_ok=True)  # checked creatable up front
+            tmp = _partial(render_path)
+            render_fn(tmp)
+            written.append((tmp, render_path))
+        for tmp, final in written:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _common_arrays(model, args, random_weights, source, fps):
+    import numpy as np
+
+    from .data.synth import JOINT_NAMES, PARENTS
+    info = model.pyengine
+    return dict(joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, dtype=np.int64),
+                arch=np.array(info.arch), config=np.array(json.dumps(info.config, default=str)),
+                backend=np.array(info.backend), flip=np.array(args.flip), random_weights=np.array(random_weights),
+                source=np.array(source), fps=np.array(np.nan if fps is None else fps))
+
+
+def _lift_tracks_one(model, args, tracks, out_path, random_weights):
+    """Several people: ``lift_tracks`` and the multi-person .npz (docs/lifting.md), written atomically."""
+    import numpy as np
+
+    from .lift import lift_tracks
+
+    for line in tracks.summary():
+        print(line)
+    start = time.perf_counter()
+    res = lift_tracks(model, tracks, flip=args.flip, batch_size=args.batch_size, progress=args.progress)
+    seconds = time.perf_counter() - start
+    info = model.pyengine
+    tracking = dict(method=tracks.method, **tracks.params, skipped=tracks.skipped,
+                    skipped_instances=tracks.skipped_instances,
+                    segments=[dict(track_id=s.track_id, first_frame=int(tracks.frame_ids[s.start]),
+                                   last_frame=int(tracks.frame_ids[s.stop - 1]), first_row=r)
+                              for s, r in zip(tracks.segments, res.first_rows)])
+    arrays = dict(positions_3d=res.positions_3d, keypoints_2d=res.keypoints_2d, valid=res.valid,
+                  detected=res.detected, track_ids=res.track_ids, frame_ids=res.frame_ids.astype(np.int64),
+                  multi_person=np.array(True), tracking=np.array(json.dumps(tracking)),
+                  **_common_arrays(model, args, random_weights, tracks.source, tracks.fps))
+    fps = args.render_fps or tracks.fps or 25.0
+
+    def draw(tmp):
+        from .render import render_tracks
+        title = f"{info.arch}, {len(res.track_ids)} tracks" + (" - RANDOM WEIGHTS" if random_weights else "")
+        render_tracks(tmp, res.keypoints_2d, res.positions_3d, res.valid, res.track_ids, fps=fps,
+                      every=args.render_every, title=title, progress=args.progress)
+    _write_atomic(out_path, arrays, draw, args.render)
+    poses = int(res.valid.sum())
+    print(f"lifted {len(res.track_ids)} tracks ({poses} poses in {len(res.frame_ids)} frames): {tracks.source} -> "
+          f"{out_path} ({seconds:.1f} s, {poses / seconds:.1f} poses/s, flip {'on' if args.flip else 'off'})")
+    if args.render:
+        origin = "--render-fps" if args.render_fps else "the input's" if tracks.fps else "default"
+        print(f"rendered {args.render} ({fps:g} fps, {origin})")
+    return res
+
+
 def _lift_one(model, args, kp, raw, out_path, random_weights):
     """Lift one prepared input and write its .npz (and --render) atomically: complete files or none."""
     import numpy as np
@@ -408,6 +538,8 @@ def _lift_one(model, args, kp, raw, out_path, random_weights):
     from .data.synth import JOINT_NAMES, PARENTS
     from .lift import lift
 
+    if kp is None:
+        return _lift_tracks_one(model, args, raw, out_path, random_weights)
     start = time.perf_counter()
     pos = lift(model, kp, flip=args.flip, batch_size=args.batch_size, progress=args.progress)
     seconds = time.perf_counter() - start

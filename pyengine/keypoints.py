@@ -75,7 +75,7 @@ import numpy as np
 
 from .data.synth import JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, image_coordinates, normalize_screen
 
-__all__ = ["KeypointError", "Keypoints2D", "read_keypoints", "prepare_keypoints", "load_keypoints",
+__all__ = ["KeypointError", "Keypoints2D", "Detections", "read_keypoints", "read_detections", "prepare_keypoints", "load_keypoints",
            "coco_to_h36m", "interpolate_missing", "normalize_screen", "image_coordinates", "JOINT_NAMES",
            "COCO_JOINT_NAMES", "LEFT_JOINTS", "RIGHT_JOINTS", "FORMATS", "DEFAULT_SCORE_THRESHOLD", "check_values",
            "COORD_LIMIT"]
@@ -342,8 +342,18 @@ def _not_videopose3d(path, kind, **options):
 
 # ---------------------------------------------------------------- MMPose JSON
 def _instance_keypoints(inst, where):
+    """``(xy [17, 2], scores [17])`` of one MMPose instance (scores 1.0 when it has none)."""
+    return _instance_keypoints_scored(inst, where)[:2]
+
+
+def _instance_keypoints_scored(inst, where):
+    """``(xy [17, 2], scores [17], whether the instance gives scores)``."""
     if not isinstance(inst, dict) or "keypoints" not in inst:
         raise KeypointError(f"{where}: expected an instance dict with 'keypoints', got {type(inst).__name__}")
+    for key in ("keypoints", "keypoint_scores"):
+        if key in inst and inst[key] is None:
+            raise KeypointError(f"{where}: {key} is null; expected 17 COCO {key.replace('_', ' ')} (null only for "
+                                f"a single missing value)")
     try:
         kp = np.asarray(inst["keypoints"], dtype=np.float64)
         scores = (np.asarray(inst["keypoint_scores"], dtype=np.float64).reshape(-1)
@@ -357,6 +367,7 @@ def _instance_keypoints(inst, where):
     if kp.ndim != 2 or kp.shape[0] != 17 or kp.shape[1] not in (2, 3):
         raise KeypointError(f"{where}: keypoints: expected 17 COCO keypoints ([17, 2], [17, 3] or 51 numbers), got "
                             f"shape {list(kp.shape)}")
+    scored = scores is not None or kp.shape[1] == 3
     if scores is not None:
         if scores.shape != (17,):
             raise KeypointError(f"{where}: keypoint_scores: expected 17 scores, got {scores.size}")
@@ -364,10 +375,12 @@ def _instance_keypoints(inst, where):
         scores = kp[:, 2]
     else:
         scores = np.ones(17)
-    return kp[:, :2], scores
+    return kp[:, :2], scores, scored
 
 
-def _read_json(path):
+def _json_frames(path):
+    """Parse an MMPose prediction file: ``(meta_info, frame ids [T], absent ids, records)`` where records are
+    ``(row, position in the file's frame list, frame dict)``, every instance list checked to be a list."""
     try:
         with open(path) as f:
             doc = json.load(f)
@@ -379,12 +392,31 @@ def _read_json(path):
                                                              for fr in frames):
         raise KeypointError(f"{path}: expected MMPose predictions: a non-empty list of frames "
                             "{'frame_id', 'instances': [...]}, or a dict with such a list under 'instance_info'")
+    if not isinstance(meta, dict):
+        raise KeypointError(f"{path}: meta_info: expected a dict, got {type(meta).__name__}")
     ids, absent = _frame_ids(frames, path)
-    T = len(ids)
     row = {int(fid): t for t, fid in enumerate(ids)}
-    xy, scores = np.full((T, 17, 2), np.nan), np.zeros((T, 17))
+    records = []
     for k, fr in enumerate(frames):
         t = row[int(fr["frame_id"])] if "frame_id" in fr else k
+        if fr["instances"] is not None and not isinstance(fr["instances"], list):
+            raise KeypointError(f"{path}: frame {int(ids[t])}: instances: expected a list, got "
+                                f"{type(fr['instances']).__name__}")
+        records.append((t, fr))
+    return meta, ids, absent, records
+
+
+def _json_size(meta, path):
+    return dict(width=_number(meta.get("image_width"), f"{path}: meta_info.image_width"),
+                height=_number(meta.get("image_height"), f"{path}: meta_info.image_height"),
+                fps=_number(meta.get("fps"), f"{path}: meta_info.fps"))
+
+
+def _read_json(path):
+    meta, ids, absent, records = _json_frames(path)
+    T = len(ids)
+    xy, scores = np.full((T, 17, 2), np.nan), np.zeros((T, 17))
+    for t, fr in records:
         best = None
         for i, inst in enumerate(fr["instances"] or []):
             kp, s = _instance_keypoints(inst, f"{path}: frame {int(ids[t])} instance {i}")
@@ -392,11 +424,108 @@ def _read_json(path):
                 best = (kp, s)
         if best is not None:
             xy[t], scores[t] = best
-    if not isinstance(meta, dict):
-        raise KeypointError(f"{path}: meta_info: expected a dict, got {type(meta).__name__}")
-    return _finish(xy, scores, "coco", path, width=_number(meta.get("image_width"), f"{path}: meta_info.image_width"),
-                   height=_number(meta.get("image_height"), f"{path}: meta_info.image_height"),
-                   fps=_number(meta.get("fps"), f"{path}: meta_info.fps"), frame_ids=ids, absent_frames=absent)
+    return _finish(xy, scores, "coco", path, frame_ids=ids, absent_frames=absent, **_json_size(meta, path))
+
+
+@dataclass
+class Detections:
+    """Every instance of an MMPose prediction file (``read_detections``), Human3.6M-17 order, pixels.
+
+    N instances: ``row [N]`` (index into ``frame_ids``), ``index [N]`` (position in its frame's instance list),
+    ``xy [N, 17, 2]`` float64 (NaN where missing), ``scores [N, 17]`` (1.0 when the file has none),
+    ``track_id [N]`` int64 or None when the file has no ``track_id``; ``frame_ids [T]`` the video's frame axis
+    (first to last ``frame_id``, no gaps), ``absent_frames`` ids inside it the file has no record of;
+    width / height / fps as the file says (or None); ``has_scores``: the file gives keypoint scores."""
+
+    row: np.ndarray
+    index: np.ndarray
+    xy: np.ndarray
+    scores: np.ndarray
+    track_id: object
+    frame_ids: np.ndarray
+    absent_frames: tuple = ()
+    width: object = None
+    height: object = None
+    fps: object = None
+    source: str = "<detections>"
+    has_scores: bool = True
+
+    @property
+    def max_per_frame(self):
+        """The most instances any frame has."""
+        return int(np.bincount(self.row, minlength=1).max()) if len(self.row) else 0
+
+    @property
+    def several_people(self):
+        """More than one person: a frame with several instances, or several distinct ``track_id`` values."""
+        return self.max_per_frame > 1 or (self.track_id is not None and len(np.unique(self.track_id)) > 1)
+
+    def where(self, n):
+        """``"frame F instance I"`` of instance ``n`` (the file's video frame and list position)."""
+        return f"frame {int(self.frame_ids[self.row[n]])} instance {int(self.index[n])}"
+
+
+def read_detections(path, *, format=None):
+    """Every instance of an MMPose prediction ``.json`` (not only the best one per frame, as ``read_keypoints``
+    keeps): ``Detections`` in Human3.6M-17 order, for ``pyengine.tracks``.
+
+    Refused with ``KeypointError`` (naming the frame and instance): ``track_id`` on only some instances, a
+    ``track_id`` that is not an integer or appears twice in one frame, ``keypoint_scores`` on only some
+    instances, ``keypoints`` / ``keypoint_scores`` that are null, of the wrong length or not numeric, an infinite
+    coordinate or score, and a file without any instance."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"keypoint file {path!r}: is a directory, expected a keypoint file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"keypoint file {path!r}: no such file")
+    fmt = format or os.path.splitext(path)[1].lower().lstrip(".")
+    if fmt != "json":
+        raise KeypointError(f"{path}: several people per frame are read from MMPose .json predictions only, got "
+                            f"format {fmt!r}")
+    meta, ids, absent, records = _json_frames(path)
+    rows, index, xys, scores, tids, has_scores, has_tid = [], [], [], [], [], [], []
+    for t, fr in records:
+        seen = {}
+        for i, inst in enumerate(fr["instances"] or []):
+            where = f"{path}: frame {int(ids[t])} instance {i}"
+            kp, s, scored = _instance_keypoints_scored(inst, where)
+            rows.append(t), index.append(i), xys.append(kp), scores.append(s), has_scores.append(scored)
+            has_tid.append("track_id" in inst)
+            if "track_id" in inst:
+                tid = inst["track_id"]
+                if isinstance(tid, float) and tid.is_integer():
+                    tid = int(tid)
+                if isinstance(tid, bool) or not isinstance(tid, int):
+                    raise KeypointError(f"{where}: track_id: expected an integer, got {tid!r}")
+                if tid in seen:
+                    raise KeypointError(f"{path}: frame {int(ids[t])}: track_id {tid} appears in instances "
+                                        f"{seen[tid]} and {i}; expected one instance per track and frame")
+                seen[tid] = i
+                tids.append(tid)
+    if not rows:
+        raise KeypointError(f"{path}: no instance in any of its {len(records)} frame(s); nothing to lift")
+
+    def first(flags, value):
+        n = flags.index(value)
+        return f"frame {int(ids[rows[n]])} instance {index[n]}"
+    if any(has_tid) and not all(has_tid):
+        raise KeypointError(f"{path}: track_id: {has_tid.count(True)} of {len(has_tid)} instances have one (first "
+                            f"without: {first(has_tid, False)}); expected every instance or none to have one")
+    if any(has_scores) and not all(has_scores):
+        raise KeypointError(f"{path}: keypoint_scores: {has_scores.count(False)} of {len(has_scores)} instances "
+                            f"have none (first: {first(has_scores, False)}); expected scores on every instance "
+                            f"or on none")
+    xy, sc = np.stack(xys), np.stack(scores)
+    inf = np.isinf(xy).any(-1)
+    if inf.any() or np.isinf(sc).any():
+        n, j = map(int, np.argwhere(inf | np.isinf(sc))[0])
+        raise KeypointError(f"{path}: frame {int(ids[rows[n]])} instance {index[n]} {_joint_label(j, 'coco')}: "
+                            f"infinite coordinate or score {tuple(xy[n, j])}, {sc[n, j]}; expected finite values "
+                            f"(NaN or null for a missing keypoint)")
+    xy, sc = coco_to_h36m(xy, sc)
+    return Detections(np.asarray(rows, dtype=np.int64), np.asarray(index, dtype=np.int64), xy, sc,
+                      np.asarray(tids, dtype=np.int64) if has_tid[0] else None, ids, absent, source=path,
+                      has_scores=bool(has_scores[0]), **_json_size(meta, path))
 
 
 def _frame_ids(frames, path):

@@ -15,6 +15,9 @@ Flip test-time augmentation (``flip=True``, as published): run the model on ``x`
 ``(f(x) + flip(f(flip(x)))) / 2``. TPC seq2frame models run the flipped pass with the first pass's indices.
 HoT-MixSTE selects its tokens independently in each pass (its published call ``model(x)``).
 """
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -116,7 +119,57 @@ def windows(x, starts, frames, centre):
     return x[idx.clamp_(0, len(x) - 1)]
 
 
-def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=DEFAULT_BATCH_SIZE, progress=None):
+def _check_batch(batch_size, first_row):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    if isinstance(first_row, bool) or not isinstance(first_row, int) or not 0 <= first_row < batch_size:
+        raise ValueError(f"first_row: expected an int in [0, batch_size={batch_size}), got {first_row!r}")
+
+
+def _lift_sequences(runner, xs, device, batch_size, first_row, progress, what):
+    """Lift the normalised sequences ``xs`` (float32 numpy ``[L_s, 17, 2]``) in shared model calls; returns
+    ``(outputs [L_s, 17, 3] per sequence, the batch row of each sequence's first window)``.
+
+    The batch layout (docs/lifting.md): the windows (seq2frame) or chunks (seq2seq) of all sequences, one after
+    the other, fill model calls of exactly ``batch_size`` rows, starting at row ``first_row`` of the first call;
+    rows before the first and after the last window repeat a window of the same call. A call always has the same
+    shape and a window always sits in the row its place in this order gives it, so its result does not depend on
+    the windows it shares the call with: sequence s equals ``lift(model, xs[s], batch_size=batch_size,
+    first_row=rows[s])`` bit for bit (the rows of one call are computed independently)."""
+    F, step = runner.frames, (1 if runner.seq2frame else runner.frames)
+    centre = runner.centre if runner.seq2frame else 0
+    lens = [len(x) for x in xs]
+    counts = [(n + step - 1) // step for n in lens]  # windows per sequence
+    G = sum(counts)
+    x_all = torch.from_numpy(np.concatenate(xs)).to(device)
+    offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    # per window: first frame (window start minus the centre), its sequence's offset and last frame
+    start = torch.from_numpy(np.concatenate([np.arange(c) * step for c in counts]).astype(np.int64)).to(device)
+    off = torch.from_numpy(np.repeat(offsets, counts)).to(device)
+    last = torch.from_numpy(np.repeat(np.asarray(lens, dtype=np.int64) - 1, counts)).to(device)
+    span = torch.arange(F, device=device)[None] - centre
+    bases = first_row + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    out = np.empty((G * step, 17, 3), dtype=np.float32)
+    calls = range((first_row + G + batch_size - 1) // batch_size)
+    T = sum(lens)
+    if progress or (progress is None and T >= PROGRESS_MIN_FRAMES):
+        from tqdm import tqdm
+        calls = tqdm(calls, desc=f"lifting {what}", unit="batch", leave=False)
+    for c in calls:
+        lo = c * batch_size - first_row  # window number in row 0 of this call
+        g = torch.arange(lo, lo + batch_size, device=device).clamp_(0, G - 1)  # padding rows: a real window
+        idx = torch.minimum((start[g, None] + span).clamp_(min=0), last[g, None]) + off[g, None]
+        y = runner(x_all[idx]).reshape(batch_size, step, 17, 3)
+        a, b = max(lo, 0), min(lo + batch_size, G)
+        out[a * step:b * step] = y[a - lo:b - lo].reshape(-1, 17, 3).float().cpu().numpy()
+    results = []
+    for base, n, count in zip(bases - first_row, lens, counts):
+        results.append(out[base * step:base * step + n])
+    return results, [int(b % batch_size) for b in bases]
+
+
+def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=DEFAULT_BATCH_SIZE, progress=None,
+         first_row=0):
     """Lift a 2D keypoint sequence to 3D with ``model`` (any lifting arch of ``pyengine.load``).
 
     keypoints_2d: ``[T, 17, 2]`` numpy array or tensor, Human3.6M joint order (``pyengine.keypoints`` reads and
@@ -126,32 +179,90 @@ def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=
         the frame and joint otherwise, e.g. pixels without width/height or a wrong image size. No NaN: fill gaps
         first (``load_keypoints(..., interpolate=True)``).
     flip: flip test-time augmentation (published): average with the mirrored input's mirrored output.
-    batch_size: windows (seq2frame) or chunks (seq2seq) per model call.
+    batch_size: windows (seq2frame) or chunks (seq2seq) per model call. Every call has exactly this many (the
+        last one is padded by repeating a window), so a window's result never depends on what shares its call.
     progress: tqdm bar on stderr; None shows it for sequences of at least 1000 frames.
+    first_row: the batch row of the first window (default 0): ``lift_tracks`` packs several people's windows
+        one after the other, and a person lifted alone with the row ``lift_tracks`` gave it (``LiftedTracks
+        .first_rows``) gets the same result bit for bit.
 
     Returns ``[T, 17, 3]`` float32 numpy: root-relative 3D joints in the camera frame (model units, metres for
     Human3.6M-trained weights), equal to running the model once per frame on its own window.
     """
-    _, frames, _ = model_spec(model)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+    model_spec(model)
+    _check_batch(batch_size, first_row)
     runner = _Runner(model, flip)
-    device = _device(model)
-    x = torch.from_numpy(_as_input(keypoints_2d, width, height)).to(device)
-    T = len(x)
-    if runner.seq2frame:
-        starts, step, centre = torch.arange(T, device=device), 1, runner.centre
-    else:  # chunk k covers frames k*F .. k*F+F-1: the "window" of start k*F with centre 0
-        starts, step, centre = torch.arange(0, T, frames, device=device), frames, 0
-    out = np.empty((len(starts) * step, 17, 3), dtype=np.float32)
-    batches = range(0, len(starts), batch_size)
-    if progress or (progress is None and T >= PROGRESS_MIN_FRAMES):
-        from tqdm import tqdm
-        batches = tqdm(batches, desc=f"lifting {T} frames", unit="batch", leave=False)
-    for b in batches:
-        chunk = runner(windows(x, starts[b:b + batch_size], frames, centre))
-        out[b * step:b * step + len(chunk) * step] = chunk.reshape(-1, 17, 3).float().cpu().numpy()
-    return out[:T]
+    x = _as_input(keypoints_2d, width, height)
+    (out,), _ = _lift_sequences(runner, [x], _device(model), batch_size, first_row, progress, f"{len(x)} frames")
+    return out
+
+
+@dataclass
+class LiftedTracks:
+    """``lift_tracks``'s result: ``positions_3d [P, T, 17, 3]`` float32 (NaN where the person has no pose),
+    ``keypoints_2d [P, T, 17, 2]`` (the normalised input used, NaN likewise), ``valid [P, T]`` (a pose was
+    lifted), ``detected [P, T]`` (the file had an instance; ``valid & ~detected``: a filled short gap),
+    ``track_ids [P]``, ``frame_ids [T]`` (the video frame of each column), the ``tracks`` they came from and
+    the batch row of each segment's first window (``first_rows``, in ``tracks.segments`` order)."""
+
+    positions_3d: np.ndarray
+    keypoints_2d: np.ndarray
+    valid: np.ndarray
+    detected: np.ndarray
+    track_ids: np.ndarray
+    frame_ids: np.ndarray
+    tracks: object
+    first_rows: list
+
+
+def lift_tracks(model, detections, *, flip=True, batch_size=DEFAULT_BATCH_SIZE, progress=None, **track_options):
+    """Lift every person of a video in shared model calls (docs/lifting.md, "Several people").
+
+    detections: a ``pyengine.tracks.Tracks`` (``build_tracks``), or what ``build_tracks`` takes (a
+        ``keypoints.Detections`` or an MMPose ``.json`` path) with its options in ``track_options`` (width,
+        height, normalized, score_threshold, interpolate, min_oks, max_gap, min_length).
+    flip, batch_size, progress: as ``lift``; the windows of all segments fill the same calls one after the other
+        (``_lift_sequences``), so each segment equals ``lift(model, segment.keypoints, batch_size=batch_size,
+        first_row=first_rows[k])`` bit for bit, and ``first_rows[0] == 0``: the first equals a plain ``lift``.
+
+    Returns ``LiftedTracks``."""
+    from .tracks import Tracks, build_tracks
+
+    model_spec(model)
+    _check_batch(batch_size, 0)
+    if isinstance(detections, Tracks):
+        if track_options:
+            raise TypeError(f"lift_tracks: {sorted(track_options)} apply when building tracks, but detections is "
+                            f"already a Tracks (pass them to pyengine.tracks.build_tracks instead)")
+        tracks = detections
+    else:
+        tracks = build_tracks(detections, **track_options)
+    runner = _Runner(model, flip)
+    T, ids = len(tracks.frame_ids), list(tracks.track_ids)
+    P = len(ids)
+    pos = np.full((P, T, 17, 3), np.nan, dtype=np.float32)
+    kp = np.full((P, T, 17, 2), np.nan, dtype=np.float32)
+    valid, detected = np.zeros((P, T), dtype=bool), np.zeros((P, T), dtype=bool)
+    first_rows = []
+    if tracks.segments:
+        outs, first_rows = _lift_sequences(runner, [s.keypoints for s in tracks.segments], _device(model),
+                                           batch_size, 0, progress, f"{P} tracks")
+        for seg, out in zip(tracks.segments, outs):
+            p = ids.index(seg.track_id)
+            pos[p, seg.start:seg.stop], kp[p, seg.start:seg.stop] = out, seg.keypoints
+            valid[p, seg.start:seg.stop], detected[p, seg.start:seg.stop] = True, seg.detected
+    return LiftedTracks(pos, kp, valid, detected, np.asarray(ids, dtype=np.int64), np.asarray(tracks.frame_ids),
+                        tracks, first_rows)
+
+
+class _Stream:
+    """One person's ring of the last F frames, allocated once on the model's device, and its place in the
+    sequence (``count`` frames pushed, ``next`` ring slot to write)."""
+
+    def __init__(self, frames, device):
+        self.ring = torch.empty(frames, 17, 2, device=device)  # the last F frames, oldest at self.next
+        self.window = torch.empty(1, frames, 17, 2, device=device)
+        self.count = self.next = 0
 
 
 class Lifter:
@@ -164,6 +275,14 @@ class Lifter:
     normalisation; the error names the frame of this sequence and the joint) and is refused before it is stored.
     The window buffers are allocated once (a ring of the last F frames); nothing grows with the length of the
     stream. After ``flush()`` the Lifter starts a new sequence.
+
+    Several people: push a dict ``{track_id: frame_2d}`` per video frame; the result is a dict ``{track_id: list
+    of [17, 3]}``. Each person has their own ring (taken from a pool, returned when they leave); the windows that
+    become ready in one push go through the model in one call. A person absent from a push has left: their
+    sequence is flushed (its last frames come back in that push's result) and a later frame of the same id starts
+    a new sequence (live input cannot bridge a gap). Each person's frames equal ``lift`` on their sequence up to
+    the float summation order of the shared call (bit for bit while one person is present). A Lifter is either
+    single-person (arrays) or multi-person (dicts) until ``flush()`` / ``reset()``.
     """
 
     def __init__(self, model, *, width=None, height=None, flip=True):
@@ -175,81 +294,149 @@ class Lifter:
             width = positive_size(width, "width", "keypoints")
             height = positive_size(height, "height", "keypoints")
         self.width, self.height = width, height
-        device = _device(model)
+        self._device = _device(model)
         F = self.frames
-        self._ring = torch.empty(F, 17, 2, device=device)  # the last F frames, oldest at self._next
-        self._window = torch.empty(1, F, 17, 2, device=device)
         # _orders[p]: ring slots in time order when the oldest frame is at slot p.
-        self._orders = (torch.arange(F)[None] + torch.arange(F)[:, None]).remainder_(F).to(device)
+        self._orders = (torch.arange(F)[None] + torch.arange(F)[:, None]).remainder_(F).to(self._device)
+        self._single = _Stream(F, self._device)
+        self._people, self._pool = {}, []  # track id -> _Stream; rings of people who left, for reuse
         self.reset()
 
+    # The single-person stream's state (the names the tests and older code use).
+    _ring = property(lambda self: self._single.ring)
+    _window = property(lambda self: self._single.window)
+    _count = property(lambda self: self._single.count)
+
     def reset(self):
-        """Drop the current sequence."""
-        self._count = 0  # frames pushed in this sequence
-        self._next = 0  # ring slot the next frame goes to
+        """Drop the current sequence (every person's)."""
+        self._single.count = self._single.next = 0
+        for stream in self._people.values():
+            self._release(stream)
+        self._people = {}
+
+    def _release(self, stream):
+        stream.count = stream.next = 0
+        self._pool.append(stream)
 
     @property
     def latency(self):
         """Frames a seq2frame output lags behind the input (``F - 1 - (F-1)//2``); F for seq2seq chunks."""
         return self.frames - 1 - self.runner.centre if self.runner.seq2frame else self.frames
 
-    def _store(self, frame):
+    def _check(self, frame, name, count):
+        """The value-checked, normalised float32 ``[17, 2]`` of one pushed frame (nothing stored yet)."""
         if hasattr(frame, "detach"):
             frame = frame.detach().cpu().numpy()
         frame = np.asarray(frame)
         if frame.shape != (17, 2) or not np.issubdtype(frame.dtype, np.number):
-            raise KeypointError(f"frame_2d: expected a numeric [17, 2] array (one frame, Human3.6M order), got "
+            raise KeypointError(f"{name}: expected a numeric [17, 2] array (one frame, Human3.6M order), got "
                                 f"shape {list(frame.shape)} dtype {frame.dtype}")
         if np.issubdtype(frame.dtype, np.complexfloating):
-            raise KeypointError(f"frame_2d: expected real coordinates, got dtype {frame.dtype}")
+            raise KeypointError(f"{name}: expected real coordinates, got dtype {frame.dtype}")
         pixels = frame.astype(np.float64)
         if self.width is not None:  # exactly as prepare_keypoints does it (float64, then float32)
             with np.errstate(over="ignore", invalid="ignore"):
                 frame = normalize_screen(pixels, self.width, self.height)
-            check_values(frame[None], "frame_2d", pixels=pixels[None], width=self.width, height=self.height,
-                         first_frame=self._count)
+            check_values(frame[None], name, pixels=pixels[None], width=self.width, height=self.height,
+                         first_frame=count)
         else:  # the same check lift makes: a normalised lifter refuses pixel-scale values, NaN and inf
             frame = pixels
-            check_values(frame[None], "frame_2d", first_frame=self._count)
-        slot = self._ring[self._next]
-        slot.copy_(torch.from_numpy(frame.astype(np.float32)))
-        if self._count == 0 and self.runner.seq2frame:
-            self._ring.copy_(slot.expand_as(self._ring))  # frames before the first one repeat it (edge padding)
+            check_values(frame[None], name, first_frame=count)
+        return torch.from_numpy(frame.astype(np.float32))
 
-    def _emit_window(self, count):
+    def _store(self, stream, frame):
+        slot = stream.ring[stream.next]
+        slot.copy_(frame)
+        if stream.count == 0 and self.runner.seq2frame:
+            stream.ring.copy_(slot.expand_as(stream.ring))  # frames before the first one repeat it (edge padding)
+        stream.count += 1
+        stream.next = (stream.next + 1) % self.frames
+
+    def _ready(self, stream):
+        """How many frames the window now in ``stream`` yields (0: not ready)."""
+        if self.runner.seq2frame:
+            return 1 if stream.count > self.latency else 0
+        return self.frames if stream.next == 0 else 0
+
+    def _emit_window(self, count, stream=None):
         """Run the window made of the ring in time order; return ``count`` frames of output."""
-        torch.index_select(self._ring, 0, self._orders[self._next], out=self._window[0])
-        out = self.runner(self._window).float().cpu().numpy()
+        stream = stream or self._single
+        torch.index_select(stream.ring, 0, self._orders[stream.next], out=stream.window[0])
+        out = self.runner(stream.window).float().cpu().numpy()
         return list(out.reshape(-1, 17, 3)[:count])
 
     def push(self, frame_2d):
-        """Add one frame ``[17, 2]``; returns a list of the 3D frames ``[17, 3]`` (float32) that are now ready."""
-        self._store(frame_2d)
-        self._count += 1
-        self._next = (self._next + 1) % self.frames
-        if self.runner.seq2frame:
-            return self._emit_window(1) if self._count > self.latency else []
-        return self._emit_window(self.frames) if self._next == 0 else []
+        """Add one frame ``[17, 2]``; returns a list of the 3D frames ``[17, 3]`` (float32) that are now ready.
+        With a dict ``{track_id: [17, 2]}`` (several people), returns ``{track_id: list of [17, 3]}``."""
+        if isinstance(frame_2d, Mapping):
+            return self._push_people(frame_2d)
+        if self._people:
+            raise ValueError(f"frame_2d: this Lifter is streaming {len(self._people)} people (dicts of track id -> "
+                             f"frame); got a single frame. flush() or reset() first to stream one person")
+        self._store(self._single, self._check(frame_2d, "frame_2d", self._single.count))
+        ready = self._ready(self._single)
+        return self._emit_window(ready) if ready else []
 
-    def flush(self):
-        """End the sequence: emit the remaining frames (windows padded with the last frame) and reset."""
+    def _push_people(self, frames):
+        if self._single.count:
+            raise ValueError(f"frame_2d: this Lifter is streaming one person ({self._single.count} frames pushed); "
+                             f"got a dict of people. flush() or reset() first")
+        for key in frames:
+            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (int, np.integer, str)):
+                raise KeypointError(f"frame_2d: expected track ids (int or str) as keys, got {key!r}")
+        # Check every frame before storing any: a refused push leaves every person's stream as it was.
+        checked = {key: self._check(frame, f"frame_2d[{key!r}]",
+                                    self._people[key].count if key in self._people else 0)
+                   for key, frame in frames.items()}
+        out = {key: self._flush_stream(self._people.pop(key)) for key in list(self._people) if key not in frames}
+        ready = []
+        for key, frame in checked.items():
+            if key not in self._people:
+                self._people[key] = self._pool.pop() if self._pool else _Stream(self.frames, self._device)
+            stream = self._people[key]
+            self._store(stream, frame)
+            out[key] = []
+            if self._ready(stream):
+                ready.append((key, stream))
+        if ready:  # one model call for every window that became ready in this frame
+            batch = torch.stack([stream.ring.index_select(0, self._orders[stream.next]) for _, stream in ready])
+            res = self.runner(batch).float().cpu().numpy().reshape(len(ready), -1, 17, 3)
+            for (key, _), frames_3d in zip(ready, res):
+                out[key] = list(frames_3d)
+        return out
+
+    def _flush_stream(self, stream):
+        """End one sequence: emit its remaining frames (windows padded with the last frame); the stream is
+        released to the pool (multi-person) or reset (single)."""
         out = []
-        if self._count:
-            last = self._ring[(self._next - 1) % self.frames].clone()
+        if stream.count:
+            last = stream.ring[(stream.next - 1) % self.frames].clone()
             if self.runner.seq2frame:
                 # Pushing the last frame again closes the window of one more pending frame each time; pending
                 # frames are the last min(count, latency) ones.
-                pending = min(self._count, self.latency)
+                pending = min(stream.count, self.latency)
                 for k in range(self.latency):
-                    self._ring[self._next].copy_(last)
-                    self._next = (self._next + 1) % self.frames
+                    stream.ring[stream.next].copy_(last)
+                    stream.next = (stream.next + 1) % self.frames
                     if k >= self.latency - pending:
-                        out += self._emit_window(1)
-            elif self._next:
-                rest = self._next
-                while self._next:
-                    self._ring[self._next].copy_(last)
-                    self._next = (self._next + 1) % self.frames
-                out += self._emit_window(rest)
-        self.reset()
+                        out += self._emit_window(1, stream)
+            elif stream.next:
+                rest = stream.next
+                while stream.next:
+                    stream.ring[stream.next].copy_(last)
+                    stream.next = (stream.next + 1) % self.frames
+                out += self._emit_window(rest, stream)
+        if stream is self._single:
+            stream.count = stream.next = 0
+        else:
+            self._release(stream)
         return out
+
+    def flush(self):
+        """End the sequence: emit the remaining frames (windows padded with the last frame) and reset. With
+        several people: ``{track_id: remaining frames}`` for everyone still present."""
+        if self._people:
+            out = {key: self._flush_stream(stream) for key, stream in self._people.items()}
+            self._people = {}
+            return out
+        return self._flush_stream(self._single)
