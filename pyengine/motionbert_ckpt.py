@@ -3,8 +3,9 @@
 * :func:`is_mmpose` / :func:`from_mmpose`: MMPose's ``DSTFormer`` backbone + ``MotionRegressionHead`` names
   (``backbone.*`` / ``head.*``) -> the published DSTformer names; :func:`to_mmpose` is the inverse.
 * :func:`detect`: whether a state_dict with the published names is MotionBERT or HoT-MotionBERT (or neither).
-* :func:`infer`: every hyperparameter the shapes determine, as ``{name: (value, evidence)}`` (the format of
-  ``pyengine.arch.infer``), at any width; keys that disagree are reported as the mis-shaped keys they are.
+* :func:`infer` ``(sd, arch)``: every hyperparameter the shapes determine, as ``{name: (value, evidence)}`` (the
+  ``ArchSpec.infer`` of ``pyengine.arch``), at any width; keys that disagree are reported as the mis-shaped keys
+  they are. :func:`signature_motionbert` / :func:`signature_hot_motionbert` are the ``ArchSpec.signature``s.
 
 ``num_heads`` cannot be read from shapes (config, default 8), nor can HoT's ``layer_index`` / ``tie_break``.
 Missing / unexpected / mis-shaped keys beyond the ones read here are the strict key check's job
@@ -102,6 +103,18 @@ def detect(sd):
     return "motionbert", "keys 'blocks_st.*' / 'blocks_ts.*' without 'x_token' / 'cross_attention.*' (DSTformer)"
 
 
+def signature_hot_motionbert(sd):
+    """``ArchSpec.signature``: the reason when ``sd``'s keys are HoT-MotionBERT's, else None."""
+    found = detect(sd)
+    return found[1] if found and found[0] == "hot_motionbert" else None
+
+
+def signature_motionbert(sd):
+    """``ArchSpec.signature``: the reason when ``sd``'s keys are DSTformer's (and not HoT's), else None."""
+    found = detect(sd)
+    return found[1] if found and found[0] == "motionbert" else None
+
+
 def _shape(sd, key, arch):
     if key not in sd:
         raise CheckpointError(f"arch {arch!r}: the checkpoint has no key {key!r}, which this architecture needs "
@@ -148,8 +161,9 @@ def mlp_ratio_for(dim_feat: int, hidden: int):
     return ratio
 
 
-def infer(arch, sd):
-    """Hyperparameters determined by the shapes of ``sd`` (published names) for ``arch``:
+def infer(sd, arch):
+    """``ArchSpec.infer`` of both architectures: hyperparameters determined by the shapes of ``sd`` (published
+    names) for ``arch``:
     ``{name: (value, evidence)}`` with DSTformer's argument names (``dim_in``, ``dim_out``, ``dim_feat``,
     ``dim_rep``, ``depth``, ``mlp_ratio``, ``num_joints``, ``maxlen``; HoT adds ``token_num``)."""
     if arch not in ARCHS:
@@ -185,4 +199,5 @@ def infer(arch, sd):
     return out
 
 
-__all__ = ["ARCHS", "is_mmpose", "from_mmpose", "to_mmpose", "detect", "infer", "mlp_ratio_for"]
+__all__ = ["ARCHS", "is_mmpose", "from_mmpose", "to_mmpose", "detect", "signature_motionbert",
+           "signature_hot_motionbert", "infer", "mlp_ratio_for"]

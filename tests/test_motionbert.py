@@ -274,7 +274,7 @@ REF = {"motionbert": MotionBERT, "hot_motionbert": HoTMotionBERT}
 FUSED_CFG = {
     "cpp": {"motionbert": dict(TINY), "hot_motionbert": dict(TINY_HOT, layer_index=1)},
     "triton": {"motionbert": dict(TINY, depth=1),
-               "hot_motionbert": dict(TINY_HOT, depth=2, maxlen=6, token_num=4, layer_index=1)},
+               "hot_motionbert": dict(TINY_HOT, depth=1, maxlen=6, token_num=4, layer_index=0)},  # cpp: layer 1 of 3
 }
 
 
@@ -285,11 +285,12 @@ def _call(model, arch, x, index=None):
 
 
 def _fused_pair(arch, backend, seed=1):
-    from pyengine import engine
+    from pyengine.nn import motionbert as fused
 
     cfg = FUSED_CFG[backend][arch]
     ref = randomize_(REF[arch](**cfg), seed=seed).eval()
-    fast = engine.FUSED[arch](**cfg, backend=backend).eval()
+    fast = {"motionbert": fused.MotionBERT, "hot_motionbert": fused.HoTMotionBERT}[arch](**cfg, backend=backend)
+    fast = fast.eval()
     fast.load_state_dict(ref.state_dict())
     return cfg, ref, fast
 
@@ -398,7 +399,7 @@ def test_mmpose_names_round_trip_and_load_identically():
     back, note = mc.from_mmpose(mm)
     assert "MMPose" in note and set(back) == set(sd) and all(back[k] is sd[k] for k in sd)
     arch, _ = mc.detect(back)
-    config = {k: v for k, (v, _) in mc.infer(arch, back).items()}
+    config = {k: v for k, (v, _) in mc.infer(back, arch).items()}
     loaded = MotionBERT(**config, num_heads=2).eval()
     loaded.load_state_dict(back, strict=True)
     x = poses(2, 9)
@@ -434,6 +435,9 @@ def test_detect_tells_the_architectures_apart():
     assert mc.detect(partial)[0] == "hot_motionbert"
     assert mc.detect(MixSTE(frames=9, channel=16, depth=1).state_dict()) is None
     assert mc.detect(mc.to_mmpose(MotionBERT(**TINY).state_dict())) is None, "MMPose names: rename first"
+    plain = MotionBERT(**TINY).state_dict()  # the ArchSpec signatures: each recognises its own keys only
+    assert mc.signature_motionbert(plain) and mc.signature_hot_motionbert(plain) is None
+    assert mc.signature_hot_motionbert(hot) and mc.signature_motionbert(hot) is None
 
 
 @pytest.mark.parametrize("arch,cfg", [
@@ -448,7 +452,7 @@ def test_infer_reads_every_shape_determined_hyperparameter(arch, cfg):
 
     model = REF[arch](**cfg)
     sd = model.state_dict()
-    got = {k: v for k, (v, _) in mc.infer(arch, sd).items()}
+    got = {k: v for k, (v, _) in mc.infer(sd, arch).items()}
     shape_set = {"dim_in", "dim_out", "dim_feat", "dim_rep", "depth", "mlp_ratio", "num_joints", "maxlen"}
     assert set(got) == shape_set | ({"token_num"} if arch == "hot_motionbert" else set())
     rebuilt = REF[arch](**got, num_heads=cfg["num_heads"])
@@ -475,19 +479,19 @@ def test_infer_names_a_missing_or_misshaped_key():
     sd = dict(MotionBERT(**TINY).state_dict())
     bad = dict(sd, **{"norm.weight": torch.zeros(17)})
     with pytest.raises(CheckpointError, match=r"mis-shaped key\(s\) 'norm.weight' of shape \[17\]: 5 other keys"):
-        mc.infer("motionbert", bad)
+        mc.infer(bad, "motionbert")
     with pytest.raises(CheckpointError, match=r"no key 'joints_embed.weight'"):
-        mc.infer("motionbert", {k: v for k, v in sd.items() if not k.startswith("joints_embed.")})
+        mc.infer({k: v for k, v in sd.items() if not k.startswith("joints_embed.")}, "motionbert")
     with pytest.raises(CheckpointError, match=r"keys disagree on dim_rep"):
-        mc.infer("motionbert", dict(sd, **{"head.weight": torch.zeros(3, 13)}))
+        mc.infer(dict(sd, **{"head.weight": torch.zeros(3, 13)}), "motionbert")
     # a removed layer's keys leave the depth at the largest count, so the strict key check names them missing
     fewer = {k: v for k, v in sd.items() if not k.startswith("ts_attn.1.")}
-    depth, why = mc.infer("motionbert", fewer)["depth"]
+    depth, why = mc.infer(fewer, "motionbert")["depth"]
     assert depth == 2 and "ts_attn.i: 1" in why
     with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"ts_attn.1.weight\""):
         MotionBERT(**TINY).load_state_dict(fewer, strict=True)
     with pytest.raises(ValueError, match="arch: expected one of"):
-        mc.infer("mixste", sd)
+        mc.infer(sd, "mixste")
 
 
 def test_report_lists_what_runs_where():
