@@ -5,21 +5,79 @@ reads hyperparameters from tensor shapes (with the evidence for each), and the h
 determines (``token_num`` / ``layer_index`` of TPC models, head counts, ``hw_shuffle`` ...), which come from the
 user's config or the documented defaults (the published settings, i.e. the constructor defaults).
 """
+import dataclasses
+import importlib
 import inspect
 import re
+from typing import Callable, Optional, Tuple
 
 from .checkpoint import CheckpointError
-from .models import (HSUSA, HWSUSA, MHFormer, MixSTE, HoTMixSTE, PXShuffleUnit, SXShuffleUnit, TPCMHFormer,
-                     TPCMixSTE, WSUSA)
+from . import models as M
 
-MODELS = {
-    "mhformer": MHFormer, "tpc_mhformer": TPCMHFormer, "mixste": MixSTE, "tpc_mixste": TPCMixSTE,
-    "hot_mixste": HoTMixSTE, "hsusa": HSUSA, "wsusa": WSUSA, "hwsusa": HWSUSA,
-    "sx_shuffle_unit": SXShuffleUnit, "px_shuffle_unit": PXShuffleUnit,
-}
-# Architectures whose keys are exactly their base model's: they differ only by config.
-SAME_KEYS = {"tpc_mhformer": "mhformer", "tpc_mixste": "mixste"}
-SEQ2FRAME_TPC = ("tpc_mhformer", "tpc_mixste")
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    """Every fact about one architecture, in one place (``SPECS`` below; adding an architecture = one spec + its
+    classes). Everything else (loading, the engine, verify, lift, the CLI, the benchmarks) reads these."""
+
+    name: str  # SPEC.md §6 name, the ``arch=`` value
+    reference: type  # the eager reference class (pyengine.models)
+    fused: Optional[str]  # "module:Class" of the fused drop-in (imported when asked for), or None
+    infer: Callable  # (state_dict, arch) -> {hyperparameter: (value, evidence)} for what the shapes determine
+    signature: Optional[Callable] = None  # state_dict -> reason if its keys are this family's (None: see base)
+    base: Optional[str] = None  # an architecture with exactly the same keys (TPC variants: only config differs)
+    io: str = "seq2seq"  # "seq2frame" (one output frame per window), "seq2seq", or "feature_map" (SUSA modules)
+    tpc: bool = False  # DPC-kNN token pruning inside (returns / accepts a selection ``index``)
+    tpc_center: bool = False  # the selection always keeps the centre frame (seq2frame TPC)
+    input_channels: int = 2  # pose input [B, F, J, input_channels] (2: x, y; 3: x, y, confidence)
+    watched: Tuple = ()  # (regex on module names, kind) of the modules ``pyengine verify`` reports
+    bench_cases: Tuple = ()  # pyengine.bench.CASES names
+
+    @property
+    def family(self):
+        return self.base or self.name
+
+    @property
+    def lifter(self):
+        return self.io in ("seq2frame", "seq2seq")
+
+    def fused_class(self):
+        if self.fused is None:
+            return None
+        module, cls = self.fused.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+SPECS = {}
+
+
+def register(spec: ArchSpec) -> ArchSpec:
+    """Add an architecture (tests add toy ones); ``MODELS`` and everything derived see it at once."""
+    if spec.name in SPECS:
+        raise ValueError(f"arch: {spec.name!r} is registered already")
+    if spec.base is not None and spec.base not in SPECS:
+        raise ValueError(f"arch {spec.name!r}: base {spec.base!r} is not registered")
+    SPECS[spec.name] = spec
+    MODELS[spec.name] = spec.reference
+    if spec.base is not None:
+        SAME_KEYS[spec.name] = spec.base
+    return spec
+
+
+def unregister(name: str) -> None:
+    spec = SPECS.pop(name)
+    MODELS.pop(name)
+    SAME_KEYS.pop(name, None)
+    assert spec is not None
+
+
+def lifters():
+    """The 2D-to-3D lifting architectures (for lift / the CLI), in registry order."""
+    return tuple(n for n, s in SPECS.items() if s.lifter)
+
+
+MODELS = {}  # arch -> reference class (derived from SPECS by register)
+SAME_KEYS = {}  # arch -> base arch with exactly the same keys
 
 
 def family(arch):
@@ -70,28 +128,101 @@ def _count(sd, prefix):
 
 
 def detect(sd):
-    """Return ``(arch, reason)`` from the keys alone (TPC variants are reported as their base model)."""
-    if "Transformer_encoder_1.pos_embed" in sd or any(k.startswith("Transformer_hypothesis.") for k in sd):
-        return "mhformer", "keys 'Transformer_encoder_k.*' and 'Transformer_hypothesis.*' (MHFormer family)"
-    if any(k.startswith("STEblocks.") for k in sd):
-        if "x_token" in sd or any(k.startswith("cross_attention.") for k in sd):
-            return "hot_mixste", "keys 'STEblocks.*' plus 'x_token' / 'cross_attention.*' (HoT-MixSTE)"
-        return "mixste", "keys 'STEblocks.*' / 'TTEblocks.*' without 'x_token' (MixSTE family)"
-    if "branch2.0.hconv.group_weight" in sd:
-        return "px_shuffle_unit", "keys 'branch2.0.hconv.*' (parallel X-shuffle unit: HW-SUSA in branch2)"
-    if "branch2.0.group_weight" in sd:
-        return "sx_shuffle_unit", "keys 'branch2.0.group_weight' (sequential X-shuffle unit)"
-    if "hconv.group_weight" in sd:
-        return "hwsusa", "keys 'hconv.*' and 'wconv.*' (HW-SUSA)"
-    if "group_weight" in sd:
-        gw = tuple(sd["group_weight"].shape)
-        if len(gw) == 4 and gw[2] > 1:
-            return "hsusa", f"'group_weight' of shape {list(gw)} (a per-row vector: H-wise SUSA)"
-        return "wsusa", f"'group_weight' of shape {list(gw)} (a per-column vector: W-wise SUSA)"
+    """Return ``(arch, reason)`` from the keys alone (TPC variants are reported as their base model): the first
+    registered family whose ``signature`` recognises the keys."""
+    for spec in SPECS.values():
+        if spec.signature is not None:
+            reason = spec.signature(sd)
+            if reason:
+                return spec.name, reason
+    families = ", ".join(s.name for s in SPECS.values() if s.signature is not None)
     raise CheckpointError(
-        "cannot recognise the architecture: no known key family (MHFormer 'Transformer_encoder_1.*', MixSTE "
-        "'STEblocks.*', SUSA 'group_weight', X-shuffle 'branch2.*') in keys "
+        f"cannot recognise the architecture: no known key family ({families}) in keys "
         f"{sorted(sd)[:12]}{' ...' if len(sd) > 12 else ''}; pass arch= one of {sorted(MODELS)}")
+
+
+def _sig_mhformer(sd):
+    if "Transformer_encoder_1.pos_embed" in sd or any(k.startswith("Transformer_hypothesis.") for k in sd):
+        return "keys 'Transformer_encoder_k.*' and 'Transformer_hypothesis.*' (MHFormer family)"
+
+
+def _sig_hot_mixste(sd):
+    if any(k.startswith("STEblocks.") for k in sd) and (
+            "x_token" in sd or any(k.startswith("cross_attention.") for k in sd)):
+        return "keys 'STEblocks.*' plus 'x_token' / 'cross_attention.*' (HoT-MixSTE)"
+
+
+def _sig_mixste(sd):
+    if any(k.startswith("STEblocks.") for k in sd):
+        return "keys 'STEblocks.*' / 'TTEblocks.*' without 'x_token' (MixSTE family)"
+
+
+def _sig_motionbert(sd):
+    if "joints_embed.weight" in sd and any(k.startswith("blocks_st.") for k in sd):
+        hot = "x_token" in sd or any(k.startswith("cross_attention.") for k in sd)
+        return ("keys 'joints_embed.*', 'blocks_st.*' / 'blocks_ts.*' plus 'x_token' / 'cross_attention.*' "
+                "(HoT-MotionBERT)" if hot else "keys 'joints_embed.*', 'blocks_st.*' / 'blocks_ts.*' (DSTformer: "
+                "MotionBERT)")
+
+
+def _sig_hot_motionbert(sd):
+    reason = _sig_motionbert(sd)
+    return reason if reason and "HoT" in reason else None
+
+
+def _infer_motionbert(sd, arch):
+    emb = _shape(sd, "joints_embed.weight", arch)
+    C = _vote(sd, arch, "dim_feat", [("joints_embed.weight", 0), ("pos_embed", 2), ("temp_embed", 3),
+                                     ("norm.weight", 0), ("pre_logits.fc.weight", 1)])
+    hidden = _shape(sd, "blocks_st.0.mlp_s.fc1.weight", arch)[0]
+    ratio = hidden // C if hidden % C == 0 else hidden / C
+    rep = _shape(sd, "pre_logits.fc.weight", arch)
+    out = {
+        "dim_in": (emb[1], f"joints_embed.weight has shape {list(emb)}"),
+        "dim_feat": (C, f"joints_embed.weight has shape {list(emb)}"),
+        "dim_rep": (rep[0], f"pre_logits.fc.weight has shape {list(rep)}"),
+        "dim_out": (_shape(sd, "head.weight", arch)[0], "head.weight rows"),
+        "depth": (_count(sd, "blocks_st."), "number of blocks_st"),
+        "mlp_ratio": (ratio, f"blocks_st.0.mlp_s.fc1.weight has {hidden} rows = dim_feat {C} x mlp_ratio"),
+        "num_joints": (_shape(sd, "pos_embed", arch)[1], "pos_embed length"),
+        "maxlen": (_vote(sd, arch, "maxlen", [("temp_embed", 1)] + ([("x_token", 1)] if "x_token" in sd else [])),
+                   "temp_embed length"),
+    }
+    if arch == "hot_motionbert":
+        out["token_num"] = (_shape(sd, "pos_embed_token", arch)[1], "pos_embed_token length")
+    return out
+
+
+def _sig_px(sd):
+    if "branch2.0.hconv.group_weight" in sd:
+        return "keys 'branch2.0.hconv.*' (parallel X-shuffle unit: HW-SUSA in branch2)"
+
+
+def _sig_sx(sd):
+    if "branch2.0.group_weight" in sd:
+        return "keys 'branch2.0.group_weight' (sequential X-shuffle unit)"
+
+
+def _sig_hwsusa(sd):
+    if "hconv.group_weight" in sd:
+        return "keys 'hconv.*' and 'wconv.*' (HW-SUSA)"
+
+
+def _group_weight(sd):
+    gw = tuple(sd["group_weight"].shape) if "group_weight" in sd else None
+    return gw, gw is not None and len(gw) == 4 and gw[2] > 1
+
+
+def _sig_hsusa(sd):
+    gw, h_wise = _group_weight(sd)
+    if h_wise:
+        return f"'group_weight' of shape {list(gw)} (a per-row vector: H-wise SUSA)"
+
+
+def _sig_wsusa(sd):
+    gw, h_wise = _group_weight(sd)
+    if gw is not None and not h_wise:
+        return f"'group_weight' of shape {list(gw)} (a per-column vector: W-wise SUSA)"
 
 
 def _infer_mhformer(sd, arch):
@@ -147,7 +278,7 @@ def _susa_channels(sd, prefix, arch):
 def _infer_hwsusa(sd, arch, prefix=""):
     h = _susa_channels(sd, prefix + "hconv.", arch)
     w = _susa_channels(sd, prefix + "wconv.", arch)
-    modes = {mode: HWSUSA.split(h + w, mode) for mode in (None, "hw", "wh")}
+    modes = {mode: M.HWSUSA.split(h + w, mode) for mode in (None, "hw", "wh")}
     found = [m for m, split in modes.items() if split == (h, w)]
     if not found:
         raise CheckpointError(f"arch {arch!r}: hconv has {h} and wconv {w} channels, which no HW-SUSA mode "
@@ -159,24 +290,23 @@ def _infer_hwsusa(sd, arch, prefix=""):
     }
 
 
-def infer(arch, sd):
-    """Hyperparameters determined by the shapes of ``sd`` for ``arch``: ``{name: (value, evidence)}``."""
-    fam = family(arch)
-    if fam == "mhformer":
-        return _infer_mhformer(sd, arch)
-    if fam in ("mixste", "hot_mixste"):
-        return _infer_mixste(sd, arch)
-    if fam in ("hsusa", "wsusa"):
-        return {"channels": (_susa_channels(sd, "", arch), "conv.conv.weight rows"),
-                "ln_enable": ("ln.weight" in sd, "'ln.*' present or not")}
-    if fam == "hwsusa":
-        return _infer_hwsusa(sd, arch)
-    if fam == "sx_shuffle_unit":
+def _infer_susa(sd, arch):
+    return {"channels": (_susa_channels(sd, "", arch), "conv.conv.weight rows"),
+            "ln_enable": ("ln.weight" in sd, "'ln.*' present or not")}
+
+
+def _infer_unit(sd, arch):
+    if arch == "sx_shuffle_unit":
         bf = _susa_channels(sd, "branch2.0.", arch)
     else:
         bf = _infer_hwsusa(sd, arch, "branch2.0.")["channels"][0]
     return {"in_channels": (2 * bf, f"branch2 works on half the channels ({bf})"),
             "out_channels": (2 * bf, f"branch2 works on half the channels ({bf})")}
+
+
+def infer(arch, sd):
+    """Hyperparameters determined by the shapes of ``sd`` for ``arch``: ``{name: (value, evidence)}``."""
+    return SPECS[arch].infer(sd, arch)
 
 
 def resolve(sd, arch=None, config=None):
@@ -186,8 +316,9 @@ def resolve(sd, arch=None, config=None):
     if arch is None:
         arch, reason = detected, f"inferred from {why}"
         tpc_keys = sorted(k for k in ("token_num", "layer_index") if k in config)
-        if arch in ("mhformer", "mixste") and tpc_keys:
-            arch = "tpc_" + arch
+        variant = [n for n, spec in SPECS.items() if spec.base == arch and spec.tpc]
+        if variant and tpc_keys:
+            arch = variant[0]
             reason += f"; TPC variant because the config sets {tpc_keys} (its keys equal the base model's)"
     else:
         if arch not in MODELS:
@@ -255,3 +386,46 @@ def build(cls, arch, kwargs, given=(), evidence=None):
 def config_of(module):
     """The non-shape hyperparameters of a pyengine model instance (attributes named like its arguments)."""
     return {n: getattr(module, n) for n in constructor_args(module.arch) if hasattr(module, n)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The table (gpt-fast's transformer_configs, for lifters): one spec per architecture, in detection order.
+_MHF_WATCHED = ((r"Transformer_encoder_\d", "MHG encoder"), (r"embedding_\d", "embedding"),
+                (r"Transformer_hypothesis\.SHR_blocks\.\d+", "SHR block"),
+                (r"Transformer_hypothesis\.CHI_blocks\.0", "CHI block"), (r"regression", "regression"))
+_MIX_WATCHED = ((r"STEblocks\.\d+", "spatial block"), (r"TTEblocks\.\d+", "temporal block"),
+                (r"cross_attention", "TRA"), (r"head", "head"))
+_SUSA_WATCHED = ((r"(branch2\.[02]\.)?(hconv|wconv)", "SUSA"), (r"branch2\.[02]", "SUSA"),
+                 (r"branch2\.1", "dw conv + BN"))
+
+for _spec in (
+    ArchSpec("mhformer", M.MHFormer, "pyengine.nn.mhformer:MHFormer", _infer_mhformer, _sig_mhformer,
+             io="seq2frame", watched=_MHF_WATCHED,
+             bench_cases=("mhformer-351", "mhformer-243", "mhformer-81", "mhformer-27")),
+    ArchSpec("tpc_mhformer", M.TPCMHFormer, "pyengine.nn.mhformer:TPCMHFormer", _infer_mhformer, base="mhformer",
+             io="seq2frame", tpc=True, tpc_center=True, watched=_MHF_WATCHED, bench_cases=("tpc_mhformer-351",)),
+    ArchSpec("hot_mixste", M.HoTMixSTE, "pyengine.nn.mixste:HoTMixSTE", _infer_mixste, _sig_hot_mixste,
+             tpc=True, watched=_MIX_WATCHED, bench_cases=("hot_mixste-243",)),
+    ArchSpec("mixste", M.MixSTE, "pyengine.nn.mixste:MixSTE", _infer_mixste, _sig_mixste, watched=_MIX_WATCHED,
+             bench_cases=("mixste-243",)),
+    ArchSpec("tpc_mixste", M.TPCMixSTE, "pyengine.nn.mixste:TPCMixSTE", _infer_mixste, base="mixste",
+             io="seq2frame", tpc=True, tpc_center=True, watched=_MIX_WATCHED),
+    ArchSpec("hot_motionbert", M.HoTMotionBERT, "pyengine.nn.motionbert:HoTMotionBERT", _infer_motionbert,
+             _sig_hot_motionbert, tpc=True, input_channels=3),
+    ArchSpec("motionbert", M.MotionBERT, "pyengine.nn.motionbert:MotionBERT", _infer_motionbert, _sig_motionbert,
+             input_channels=3),
+    ArchSpec("px_shuffle_unit", M.PXShuffleUnit, "pyengine.nn.susa:PXShuffleUnit", _infer_unit, _sig_px,
+             io="feature_map", watched=_SUSA_WATCHED),
+    ArchSpec("sx_shuffle_unit", M.SXShuffleUnit, "pyengine.nn.susa:SXShuffleUnit", _infer_unit, _sig_sx,
+             io="feature_map", watched=_SUSA_WATCHED),
+    ArchSpec("hwsusa", M.HWSUSA, "pyengine.nn.susa:HWSUSA", _infer_hwsusa, _sig_hwsusa, io="feature_map",
+             watched=_SUSA_WATCHED),
+    ArchSpec("hsusa", M.HSUSA, "pyengine.nn.susa:HSUSA", _infer_susa, _sig_hsusa, io="feature_map",
+             watched=_SUSA_WATCHED),
+    ArchSpec("wsusa", M.WSUSA, "pyengine.nn.susa:WSUSA", _infer_susa, _sig_wsusa, io="feature_map",
+             watched=_SUSA_WATCHED),
+):
+    register(_spec)
+
+# Derived views (read-only by convention), kept for the modules that name them.
+SEQ2FRAME_TPC = tuple(n for n, spec in SPECS.items() if spec.tpc_center)

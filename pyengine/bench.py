@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from .arch import SPECS as _SPECS
+
 # ---------------------------------------------------------------------------------------------------------------
 # Model cases. "full" = the published sizes (used on CUDA); "small" = a reduced width/depth with the same frame
 # counts where affordable (used on CPU and whenever benchmarks are disabled, i.e. CI). PYENGINE_BENCH_SIZE
@@ -39,7 +41,7 @@ CASES = {  # name -> (arch, full config, small config); listed in priority order
 ARCH_DEFAULT_CASE = {"mhformer": "mhformer-351", "tpc_mhformer": "tpc_mhformer-351", "mixste": "mixste-243",
                      "hot_mixste": "hot_mixste-243", "tpc_mixste": None}
 _TPC_MIXSTE = (dict(frames=243, token_num=61, layer_index=7), dict(token_num=27, layer_index=1, **_SMALL_MIX))
-SEQ2FRAME = ("mhformer", "tpc_mhformer", "tpc_mixste")  # one output frame per window at evaluation
+SEQ2FRAME = tuple(n for n, s in _SPECS.items() if s.io == "seq2frame")  # one output frame per window at evaluation
 # Windows per call: latency (1 and 2 windows) and throughput (a large batch; smaller at the small sizes).
 LATENCY_BATCHES = (1, 2)
 THROUGHPUT_BATCH = {"full": {"mhformer": 256, "tpc_mhformer": 256, "mixste": 32, "hot_mixste": 32,

@@ -44,6 +44,18 @@ _RANDOM_STATE_NAMES = {
     "numpy.dtypes.Float64DType",
 }
 
+# MotionBERT's train.py stores ``min_loss`` as a numpy float64 scalar: numpy's scalar constructor and the dtype.
+_NUMPY_SCALAR_NAMES = {"numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
+                       "numpy.dtypes.Float64DType", "numpy.dtypes.Float32DType"}
+
+
+def _numpy_scalar_globals():
+    core = getattr(np, "_core", None) or np.core
+    scalar = core.multiarray.scalar
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
+            type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+
+
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 # Errors of torch.load / zipfile / pickle on an empty, truncated or foreign file (an empty .pth is a bare EOFError).
 _READ_ERRORS = (EOFError, pickle.UnpicklingError, RuntimeError, ValueError, OSError, KeyError, IndexError,
@@ -107,6 +119,11 @@ def _read_file(path, suffix):
         if not unsafe:  # not even its globals can be listed: not a (complete) PyTorch file
             raise CheckpointError(f"checkpoint {path!r}: not a readable PyTorch file, truncated or of another "
                                   f"format ({exc})") from exc
+        if unsafe <= _NUMPY_SCALAR_NAMES:
+            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            return obj, ["the file holds pickled numpy scalars (MotionBERT's 'min_loss'); it was read with only "
+                         "numpy's scalar constructor and dtypes allow-listed"]
         if not unsafe <= _RANDOM_STATE_NAMES:
             raise CheckpointError(
                 f"checkpoint: refused {path}: it is not a plain tensor dict; torch.load(weights_only=True) "

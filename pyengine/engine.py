@@ -18,14 +18,37 @@ from .nn import susa as fused_susa
 from .models import susa as ref_susa
 from .nn._common import Fused
 
+class _FusedTable(dict):
+    """``FUSED[arch]``: the fused class of every registered architecture that has one (``pyengine.arch.SPECS``),
+    read live so that an architecture registered later (a test's toy) is seen."""
+
+    def _live(self):
+        return {n: s.fused_class() for n, s in archs.SPECS.items() if s.fused is not None}
+
+    def __getitem__(self, arch):
+        return self._live()[arch]
+
+    def __contains__(self, arch):
+        return arch in archs.SPECS and archs.SPECS[arch].fused is not None
+
+    def __iter__(self):
+        return iter(self._live())
+
+    def __len__(self):
+        return len(self._live())
+
+    def keys(self):
+        return self._live().keys()
+
+    def items(self):
+        return self._live().items()
+
+    def values(self):
+        return self._live().values()
+
+
 # Architectures with a fused implementation.
-FUSED = {
-    "mhformer": fused_mhformer.MHFormer, "tpc_mhformer": fused_mhformer.TPCMHFormer,
-    "mixste": fused_mixste.MixSTE, "tpc_mixste": fused_mixste.TPCMixSTE, "hot_mixste": fused_mixste.HoTMixSTE,
-    "hsusa": fused_susa.HSUSA, "wsusa": fused_susa.WSUSA, "hwsusa": fused_susa.HWSUSA,
-    "sx_shuffle_unit": fused_susa.SXShuffleUnit, "px_shuffle_unit": fused_susa.PXShuffleUnit,
-    "motionbert": fused_motionbert.MotionBERT, "hot_motionbert": fused_motionbert.HoTMotionBERT,
-}
+FUSED = _FusedTable()
 # SUSA drop-ins carry their own ``backend`` (resolved per call: "auto" is cpp on CPU, triton on CUDA).
 SUSA_DROP_INS = {ref_susa.HSUSA: fused_susa.HSUSA, ref_susa.WSUSA: fused_susa.WSUSA,
                  ref_susa.HWSUSA: fused_susa.HWSUSA, ref_susa.SXShuffleUnit: fused_susa.SXShuffleUnit,

@@ -23,21 +23,10 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "sample_walk.npz")
 # below this floor per compute dtype.
 from .twin import EAGER_FACTOR, TOLERANCE, eager_twin  # noqa: E402 (the shared contract)
 
-# (pattern on the module name, kind) of the modules the kernels replace, per architecture family.
-WATCHED = {
-    "mhformer": [(r"Transformer_encoder_\d", "MHG encoder"), (r"embedding_\d", "embedding"),
-                 (r"Transformer_hypothesis\.SHR_blocks\.\d+", "SHR block"),
-                 (r"Transformer_hypothesis\.CHI_blocks\.0", "CHI block"), (r"regression", "regression")],
-    "mixste": [(r"STEblocks\.\d+", "spatial block"), (r"TTEblocks\.\d+", "temporal block"),
-               (r"cross_attention", "TRA"), (r"head", "head")],
-    "susa": [(r"(branch2\.[02]\.)?(hconv|wconv)", "SUSA"), (r"branch2\.[02]", "SUSA"),
-             (r"branch2\.1", "dw conv + BN")],
-}
-
-
 def watched(arch):
-    fam = archs.family(arch)
-    return WATCHED["mhformer" if fam == "mhformer" else "mixste" if "mixste" in fam else "susa"]
+    """(pattern on the module name, kind) of the modules the kernels replace (``pyengine.arch.SPECS``)."""
+    return archs.SPECS[arch].watched
+
 
 
 @dataclass
@@ -149,8 +138,7 @@ def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, d
 
     reference, same_precision = eager_twin(model, torch.float64, device), eager_twin(model, dtype, device)
 
-    fam = archs.family(info.arch)
-    if fam in ("hsusa", "wsusa", "hwsusa", "sx_shuffle_unit", "px_shuffle_unit"):
+    if archs.SPECS[info.arch].io == "feature_map":
         channels = info.config.get("channels", info.config.get("in_channels"))
         x = torch.randn(batch, channels, 16, 12, generator=torch.Generator().manual_seed(seed))
         inputs = "random feature maps [%d, %d, 16, 12]" % (batch, channels)
