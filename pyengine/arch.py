@@ -11,8 +11,9 @@ import inspect
 import re
 from typing import Callable, Optional, Tuple
 
-from .checkpoint import CheckpointError
 from . import models as M
+from . import motionbert_ckpt
+from .checkpoint import CheckpointError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,42 +156,6 @@ def _sig_hot_mixste(sd):
 def _sig_mixste(sd):
     if any(k.startswith("STEblocks.") for k in sd):
         return "keys 'STEblocks.*' / 'TTEblocks.*' without 'x_token' (MixSTE family)"
-
-
-def _sig_motionbert(sd):
-    if "joints_embed.weight" in sd and any(k.startswith("blocks_st.") for k in sd):
-        hot = "x_token" in sd or any(k.startswith("cross_attention.") for k in sd)
-        return ("keys 'joints_embed.*', 'blocks_st.*' / 'blocks_ts.*' plus 'x_token' / 'cross_attention.*' "
-                "(HoT-MotionBERT)" if hot else "keys 'joints_embed.*', 'blocks_st.*' / 'blocks_ts.*' (DSTformer: "
-                "MotionBERT)")
-
-
-def _sig_hot_motionbert(sd):
-    reason = _sig_motionbert(sd)
-    return reason if reason and "HoT" in reason else None
-
-
-def _infer_motionbert(sd, arch):
-    emb = _shape(sd, "joints_embed.weight", arch)
-    C = _vote(sd, arch, "dim_feat", [("joints_embed.weight", 0), ("pos_embed", 2), ("temp_embed", 3),
-                                     ("norm.weight", 0), ("pre_logits.fc.weight", 1)])
-    hidden = _shape(sd, "blocks_st.0.mlp_s.fc1.weight", arch)[0]
-    ratio = hidden // C if hidden % C == 0 else hidden / C
-    rep = _shape(sd, "pre_logits.fc.weight", arch)
-    out = {
-        "dim_in": (emb[1], f"joints_embed.weight has shape {list(emb)}"),
-        "dim_feat": (C, f"joints_embed.weight has shape {list(emb)}"),
-        "dim_rep": (rep[0], f"pre_logits.fc.weight has shape {list(rep)}"),
-        "dim_out": (_shape(sd, "head.weight", arch)[0], "head.weight rows"),
-        "depth": (_count(sd, "blocks_st."), "number of blocks_st"),
-        "mlp_ratio": (ratio, f"blocks_st.0.mlp_s.fc1.weight has {hidden} rows = dim_feat {C} x mlp_ratio"),
-        "num_joints": (_shape(sd, "pos_embed", arch)[1], "pos_embed length"),
-        "maxlen": (_vote(sd, arch, "maxlen", [("temp_embed", 1)] + ([("x_token", 1)] if "x_token" in sd else [])),
-                   "temp_embed length"),
-    }
-    if arch == "hot_motionbert":
-        out["token_num"] = (_shape(sd, "pos_embed_token", arch)[1], "pos_embed_token length")
-    return out
 
 
 def _sig_px(sd):
@@ -410,10 +375,10 @@ for _spec in (
              bench_cases=("mixste-243",)),
     ArchSpec("tpc_mixste", M.TPCMixSTE, "pyengine.nn.mixste:TPCMixSTE", _infer_mixste, base="mixste",
              io="seq2frame", tpc=True, tpc_center=True, watched=_MIX_WATCHED),
-    ArchSpec("hot_motionbert", M.HoTMotionBERT, "pyengine.nn.motionbert:HoTMotionBERT", _infer_motionbert,
-             _sig_hot_motionbert, tpc=True, input_channels=3),
-    ArchSpec("motionbert", M.MotionBERT, "pyengine.nn.motionbert:MotionBERT", _infer_motionbert, _sig_motionbert,
-             input_channels=3),
+    ArchSpec("hot_motionbert", M.HoTMotionBERT, "pyengine.nn.motionbert:HoTMotionBERT", motionbert_ckpt.infer,
+             motionbert_ckpt.signature_hot_motionbert, tpc=True, input_channels=3),
+    ArchSpec("motionbert", M.MotionBERT, "pyengine.nn.motionbert:MotionBERT", motionbert_ckpt.infer,
+             motionbert_ckpt.signature_motionbert, input_channels=3),
     ArchSpec("px_shuffle_unit", M.PXShuffleUnit, "pyengine.nn.susa:PXShuffleUnit", _infer_unit, _sig_px,
              io="feature_map", watched=_SUSA_WATCHED),
     ArchSpec("sx_shuffle_unit", M.SXShuffleUnit, "pyengine.nn.susa:SXShuffleUnit", _infer_unit, _sig_sx,

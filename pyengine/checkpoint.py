@@ -131,8 +131,10 @@ def _read_file(path, suffix):
                 f"pickled code; re-save the weights as a state_dict or a .safetensors file.") from exc
         with torch.serialization.safe_globals(_numpy_random_state_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        return obj, ["the file holds a pickled numpy RandomState (MixSTE's 'random_state'); it was read with "
-                     "only numpy's RandomState globals allow-listed and then ignored"]
+        what = ("a pickled numpy RandomState (MixSTE's 'random_state')" if any("randomstate" in n.lower()
+                for n in unsafe) else "pickled numpy arrays (e.g. MMPose's 'meta')")
+        return obj, [f"the file holds {what}; it was read with only numpy's array / RandomState globals "
+                     "allow-listed (no pickled code runs) and is not used"]
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint {path!r}: cannot be read as a PyTorch file, truncated or of another "
                               f"format ({exc})") from exc
@@ -203,7 +205,12 @@ def normalize(obj, source="<object>"):
     sd, stripped = _strip_prefix(dict(sd), "module.")
     if stripped:
         notes.append("stripped the DataParallel 'module.' prefix")
-    if fmt == "mmcv":
+    from . import motionbert_ckpt
+    if motionbert_ckpt.is_mmpose(sd):  # MMPose's DSTFormer backbone + MotionRegressionHead (SPEC.md §7)
+        sd, note = motionbert_ckpt.from_mmpose(sd)
+        fmt = "mmpose-motionbert"
+        notes.append(note + "; only 'state_dict' is used (the file's 'meta' is not)")
+    elif fmt == "mmcv":
         heads = sorted({k.split(".")[0] for k in sd if not k.startswith("backbone.")})
         if heads and any(k.startswith("backbone.") for k in sd):
             raise CheckpointError(
