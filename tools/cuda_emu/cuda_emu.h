@@ -38,6 +38,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -196,7 +197,7 @@ inline double watchdog_seconds() {
 
 struct WarpState {
   std::mutex mu;
-  std::condition_variable cv;
+  std::vector<int> waiters;  // threads blocked in this warp's current barrier
   uint64_t gen = 0;
   int arrived = 0;
   unsigned mask = 0;
@@ -216,9 +217,12 @@ struct Job {
   std::function<void()> body;
   const void* kernel = nullptr;
   size_t dyn_smem = 0;
+  // Each thread sleeps on its own semaphore (the thread completing a barrier releases each waiter: no wake-up
+  // storm on one mutex); `sem` for __syncthreads / warp barriers, `end_sem` for the end of a block.
+  std::vector<std::unique_ptr<std::counting_semaphore<>>> sem, end_sem;
   // block state, guarded by bmu
   std::mutex bmu;
-  std::condition_variable bcv;
+  std::vector<int> bwaiters;  // threads blocked in the current __syncthreads
   uint64_t bgen = 0;
   int barrier_arrived = 0;
   Site barrier_site;
@@ -238,7 +242,6 @@ struct Job {
   std::condition_variable jcv;
   int finished = 0;
   uint64_t cur_block = 0;
-  uint64_t block_gen = 0;
   int workers_done = 0;
 
   void fail(const std::string& msg) {
@@ -249,14 +252,8 @@ struct Job {
                 std::to_string(blockIdx.z) + "): " + msg;
       }
     }
-    failed.store(true);
-    wake_all();
-  }
-  // Without the mutexes (fail() may run with one held): a waiter that misses this notification polls `failed`
-  // within wait_or_abort's 200 ms tick.
-  void wake_all() {
-    bcv.notify_all();
-    for (auto& w : warps) w->cv.notify_all();
+    if (!failed.exchange(true))  // wake every blocked thread (they check `failed` and unwind)
+      for (auto& s : sem) s->release();
   }
   std::string who_waits() {  // a summary of where the threads of the block are
     std::map<std::string, int> count;
@@ -292,22 +289,29 @@ struct Job {
 
 inline thread_local int tls_tid = 0;  // linear thread index within the block
 
-// Wait on cv (lock held) until pred() or the launch failed; the watchdog fails a wait longer than its limit.
-template <typename Pred>
-void wait_or_abort(Job* job, std::unique_lock<std::mutex>& lk, std::condition_variable& cv, Pred pred,
-                   const char* what, const Site& site) {
+// Sleep until the barrier this thread blocked in completes (its semaphore is released), or the launch failed; the
+// watchdog fails a wait longer than its limit. Called without any lock held.
+inline void wait_or_abort(Job* job, int tid, const char* what, const Site& site) {
   const auto limit = std::chrono::duration<double>(watchdog_seconds());
   const auto start = std::chrono::steady_clock::now();
-  while (!pred()) {
+  for (;;) {
+    if (job->sem[tid]->try_acquire_for(std::chrono::milliseconds(200))) {
+      if (job->failed.load()) throw Abort{};
+      job->waiting_at[tid] = Site{};
+      return;
+    }
     if (job->failed.load()) throw Abort{};
-    if (cv.wait_for(lk, std::chrono::milliseconds(200)) == std::cv_status::timeout && !pred() &&
-        std::chrono::steady_clock::now() - start > limit) {
-      lk.unlock();
+    if (std::chrono::steady_clock::now() - start > limit) {
       job->fail(std::string("watchdog: ") + what + " at " + where(site) + " not completed after " +
                 std::to_string(watchdog_seconds()) + " s: " + job->who_waits());
       throw Abort{};
     }
   }
+}
+
+// Wake the threads of a completed barrier (after its mutex was released).
+inline void release_all(Job* job, const std::vector<int>& waiters) {
+  for (int t : waiters) job->sem[t]->release();
 }
 
 inline void syncthreads(const char* file, int line) {
@@ -327,13 +331,16 @@ inline void syncthreads(const char* file, int line) {
     job->barrier_arrived = 0;
     job->note_released(job->nthreads - 1);
     ++job->bgen;
-    job->bcv.notify_all();
+    std::vector<int> waiters;
+    waiters.swap(job->bwaiters);
+    lk.unlock();
+    release_all(job, waiters);
     return;
   }
-  const uint64_t my = job->bgen;
+  job->bwaiters.push_back(tls_tid);
   job->note_blocked(tls_tid, site, "__syncthreads");
-  wait_or_abort(job, lk, job->bcv, [&] { return job->bgen != my; }, "__syncthreads", site);
-  job->waiting_at[tls_tid] = Site{};
+  lk.unlock();
+  wait_or_abort(job, tls_tid, "__syncthreads", site);
 }
 
 inline int popcount(unsigned m) { return __builtin_popcount(m); }
@@ -383,17 +390,21 @@ T warp_exchange(const char* kind, const char* file, int line, bool check_site, u
     w.arrived = 0;
     job->note_released(popcount(mask) - 1);
     ++w.gen;
-    w.cv.notify_all();
-  } else {
-    job->note_blocked(tid, site, kind);
-    wait_or_abort(job, lk, w.cv, [&] { return w.gen != my; }, kind, site);
-    job->waiting_at[tid] = Site{};
-  }
-  const int src = src_of(lane);
-  if (src < 0 || src >= 32 || !(mask >> src & 1u)) {
+    std::vector<int> waiters;
+    waiters.swap(w.waiters);
     lk.unlock();
-    fail("reads lane " + std::to_string(src) + ", which is not in the mask " + maskbuf);
+    release_all(job, waiters);
+  } else {
+    w.waiters.push_back(tid);
+    job->note_blocked(tid, site, kind);
+    lk.unlock();
+    wait_or_abort(job, tid, kind, site);
   }
+  // The slots of generation `my` are not written again before every lane of the mask has arrived at the next
+  // exchange (double buffering), so they are read without the lock.
+  const int src = src_of(lane);
+  if (src < 0 || src >= 32 || !(mask >> src & 1u))
+    fail("reads lane " + std::to_string(src) + ", which is not in the mask " + maskbuf);
   T out;
   std::memcpy(&out, &w.slot[my & 1][src], sizeof(T));
   return out;
@@ -561,19 +572,22 @@ class Pool {
     job->static_bytes = 0;
     if (job->dyn_smem) std::memset(job->dyn, 0xff, job->dyn_smem);
     job->barrier_arrived = 0;
+    job->bwaiters.clear();
     std::fill(job->waiting_at.begin(), job->waiting_at.end(), Site{});
     std::fill(job->exited.begin(), job->exited.end(), 0);
     job->stuck.store(0);
-    for (auto& w : job->warps) w->arrived = 0;
+    for (auto& w : job->warps) {
+      w->arrived = 0;
+      w->waiters.clear();
+    }
   }
 
   static void run_blocks(Job* job, int id) {
     for (;;) {
-      uint64_t b, bgen;
+      uint64_t b;
       {
         std::lock_guard<std::mutex> jl(job->jmu);
         b = job->cur_block;
-        bgen = job->block_gen;
       }
       // Every worker takes part in every block, even one that failed before the worker got to it: the decision to
       // stop is the last thread's, at the end of the block (below).
@@ -589,15 +603,21 @@ class Pool {
         std::lock_guard<std::mutex> bl(job->bmu);
         job->note_exited(id);
       }
-      std::unique_lock<std::mutex> jl(job->jmu);
-      if (++job->finished == job->nthreads) {  // the last thread of the block sets up the next one
-        job->finished = 0;
-        reset_block(job);
-        job->cur_block = job->failed.load() ? job->nblocks : job->cur_block + 1;
-        ++job->block_gen;
-        job->jcv.notify_all();
+      bool last;
+      {
+        std::lock_guard<std::mutex> jl(job->jmu);
+        last = ++job->finished == job->nthreads;
+        if (last) {  // the last thread of the block sets up the next one
+          job->finished = 0;
+          reset_block(job);
+          job->cur_block = job->failed.load() ? job->nblocks : job->cur_block + 1;
+        }
+      }
+      if (last) {
+        for (int t = 0; t < job->nthreads; ++t)
+          if (t != id) job->end_sem[t]->release();
       } else {
-        job->jcv.wait(jl, [&] { return job->block_gen != bgen; });
+        job->end_sem[id]->acquire();  // never released by fail(): the end of a block is always a full barrier
       }
     }
     std::lock_guard<std::mutex> jl(job->jmu);
@@ -665,7 +685,11 @@ void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong number of arguments");
   std::lock_guard<std::mutex> launch_lock(launch_mutex());
   const void* kid = reinterpret_cast<const void*>(kernel);
-  if (errors().sticky != cudaSuccess) return;  // after a fault every launch fails (as on a GPU context)
+  {
+    ErrorState& e = errors();
+    std::lock_guard<std::mutex> lk(e.mu);
+    if (e.sticky != cudaSuccess) return;  // after a fault every launch fails (as on a GPU context)
+  }
   std::string why;
   const cudaError_t err = check_config(cfg, kid, why);
   if (err != cudaSuccess) {
@@ -686,6 +710,10 @@ void launch(const LaunchConfig& cfg, void (*kernel)(P...), A&&... args) {
   job.dyn_smem = cfg.smem;
   job.dyn = static_cast<unsigned char*>(std::malloc(cfg.smem ? cfg.smem : 1));
   job.waiting_at.assign(job.nthreads, Site{});
+  for (int t = 0; t < job.nthreads; ++t) {
+    job.sem.emplace_back(new std::counting_semaphore<>(0));
+    job.end_sem.emplace_back(new std::counting_semaphore<>(0));
+  }
   job.exited.assign(job.nthreads, 0);
   for (int w = 0; w < (job.nthreads + 31) / 32; ++w) job.warps.emplace_back(new WarpState);
   if (cfg.smem) std::memset(job.dyn, 0xff, cfg.smem);
