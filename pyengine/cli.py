@@ -16,10 +16,13 @@ import traceback
 
 import torch
 
+from .arch import SPECS as _SPECS
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_INTS = ("frames", "channel", "d_hid", "layers", "depth", "heads", "token_num", "layer_index",
                "channels", "in_channels", "out_channels")
-LIFT_ARCHS = ("mhformer", "tpc_mhformer", "mixste", "tpc_mixste", "hot_mixste")
+# The registry's lifters that take x, y (pyengine.lift's windows); MotionBERT's confidence channel is not wired yet.
+LIFT_ARCHS = tuple(sorted(n for n, s in _SPECS.items() if s.lifter and s.input_channels == 2))
 EPILOG = "exit codes: 0 success, 1 a check failed (verify), 2 bad usage or bad input, 3 internal error (a bug)"
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 AT_LEAST_0 = ("layer_index",)  # a block index; the other config integers count things (at least 1)

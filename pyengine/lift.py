@@ -21,12 +21,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arch import SPECS
+
 from .keypoints import (LEFT_JOINTS, RIGHT_JOINTS, KeypointError, Keypoints2D, check_values, normalize_screen,
                         positive_size, prepare_keypoints)
 
-SEQ2FRAME = ("mhformer", "tpc_mhformer", "tpc_mixste")
-SEQ2SEQ = ("mixste", "hot_mixste")
-TPC = ("tpc_mhformer", "tpc_mixste")
+# From the architecture registry. lift feeds [B, F, 17, 2] windows: lifters that also take the detector's
+# confidence as a third channel (MotionBERT) are not wired to the keypoint scores yet and are refused clearly.
+SEQ2FRAME = tuple(n for n, s in SPECS.items() if s.io == "seq2frame" and s.input_channels == 2)
+SEQ2SEQ = tuple(n for n, s in SPECS.items() if s.io == "seq2seq" and s.input_channels == 2)
+TPC = tuple(n for n, s in SPECS.items() if s.tpc_center)  # seq2frame TPC: the flip pass reuses the index
 DEFAULT_BATCH_SIZE = 64
 PROGRESS_MIN_FRAMES = 1000  # progress=None shows a bar from this many frames on
 _SWAP = list(LEFT_JOINTS + RIGHT_JOINTS)
@@ -42,6 +46,10 @@ def model_spec(model):
     config = dict(getattr(info, "config", None) or {})
     frames = config.get("frames", getattr(model, "frames", None))
     n_joints = config.get("n_joints", getattr(model, "n_joints", 17))
+    if arch in SPECS and SPECS[arch].lifter and SPECS[arch].input_channels != 2:
+        raise ValueError(f"model: arch {arch!r} takes {SPECS[arch].input_channels} input channels (x, y and the "
+                         f"detector's confidence); pyengine.lift feeds x, y only in this version: call the model on "
+                         f"[B, F, 17, {SPECS[arch].input_channels}] windows yourself")
     if arch not in SEQ2FRAME + SEQ2SEQ:
         raise ValueError(f"model: expected a 2D-to-3D lifting model (arch one of {SEQ2FRAME + SEQ2SEQ}, read from "
                          f"model.pyengine.arch or model.arch), got arch {arch!r}")
@@ -122,20 +130,23 @@ def windows(x, starts, frames, centre):
 def _check_batch(batch_size, first_row):
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
-    if isinstance(first_row, bool) or not isinstance(first_row, int) or not 0 <= first_row < batch_size:
-        raise ValueError(f"first_row: expected an int in [0, batch_size={batch_size}), got {first_row!r}")
+    if first_row is not None and (isinstance(first_row, bool) or not isinstance(first_row, int)
+                                  or not 0 <= first_row < batch_size):
+        raise ValueError(f"first_row: expected None or an int in [0, batch_size={batch_size}), got {first_row!r}")
 
 
 def _lift_sequences(runner, xs, device, batch_size, first_row, progress, what):
     """Lift the normalised sequences ``xs`` (float32 numpy ``[L_s, 17, 2]``) in shared model calls; returns
     ``(outputs [L_s, 17, 3] per sequence, the batch row of each sequence's first window)``.
 
-    The batch layout (docs/lifting.md): the windows (seq2frame) or chunks (seq2seq) of all sequences, one after
-    the other, fill model calls of exactly ``batch_size`` rows, starting at row ``first_row`` of the first call;
-    rows before the first and after the last window repeat a window of the same call. A call always has the same
-    shape and a window always sits in the row its place in this order gives it, so its result does not depend on
-    the windows it shares the call with: sequence s equals ``lift(model, xs[s], batch_size=batch_size,
-    first_row=rows[s])`` bit for bit (the rows of one call are computed independently)."""
+    The windows (seq2frame) or chunks (seq2seq) of all sequences, one after the other, fill the model calls.
+    ``first_row`` None: calls of ``batch_size`` windows, the last one smaller (``lift``'s plain layout).
+    ``first_row`` an int (``lift_tracks``'s layout, docs/lifting.md): every call has exactly ``batch_size`` rows,
+    the first window in row ``first_row`` of the first call; rows before the first and after the last window
+    repeat a window of the same call. A call then always has the same shape and a window always sits in the row
+    its place in this order gives it, so its result does not depend on the windows it shares the call with:
+    sequence s equals ``lift(model, xs[s], batch_size=batch_size, first_row=rows[s])`` bit for bit (the rows of
+    one call are computed independently of each other)."""
     F, step = runner.frames, (1 if runner.seq2frame else runner.frames)
     centre = runner.centre if runner.seq2frame else 0
     lens = [len(x) for x in xs]
@@ -143,33 +154,34 @@ def _lift_sequences(runner, xs, device, batch_size, first_row, progress, what):
     G = sum(counts)
     x_all = torch.from_numpy(np.concatenate(xs)).to(device)
     offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
-    # per window: first frame (window start minus the centre), its sequence's offset and last frame
+    # per window: its start frame, its sequence's offset in x_all and last frame
     start = torch.from_numpy(np.concatenate([np.arange(c) * step for c in counts]).astype(np.int64)).to(device)
     off = torch.from_numpy(np.repeat(offsets, counts)).to(device)
     last = torch.from_numpy(np.repeat(np.asarray(lens, dtype=np.int64) - 1, counts)).to(device)
     span = torch.arange(F, device=device)[None] - centre
+    fixed = first_row is not None
+    first_row = first_row or 0
     bases = first_row + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
     out = np.empty((G * step, 17, 3), dtype=np.float32)
     calls = range((first_row + G + batch_size - 1) // batch_size)
-    T = sum(lens)
-    if progress or (progress is None and T >= PROGRESS_MIN_FRAMES):
+    if progress or (progress is None and sum(lens) >= PROGRESS_MIN_FRAMES):
         from tqdm import tqdm
         calls = tqdm(calls, desc=f"lifting {what}", unit="batch", leave=False)
     for c in calls:
         lo = c * batch_size - first_row  # window number in row 0 of this call
-        g = torch.arange(lo, lo + batch_size, device=device).clamp_(0, G - 1)  # padding rows: a real window
+        a, b = max(lo, 0), min(lo + batch_size, G)  # the real windows of this call
+        g = torch.arange(lo, lo + batch_size, device=device).clamp_(0, G - 1) if fixed else \
+            torch.arange(a, b, device=device)  # fixed: the padding rows repeat a real window
         idx = torch.minimum((start[g, None] + span).clamp_(min=0), last[g, None]) + off[g, None]
-        y = runner(x_all[idx]).reshape(batch_size, step, 17, 3)
-        a, b = max(lo, 0), min(lo + batch_size, G)
-        out[a * step:b * step] = y[a - lo:b - lo].reshape(-1, 17, 3).float().cpu().numpy()
-    results = []
-    for base, n, count in zip(bases - first_row, lens, counts):
-        results.append(out[base * step:base * step + n])
+        y = runner(x_all[idx]).reshape(len(g), step, 17, 3)
+        real = y[a - lo:b - lo] if fixed else y
+        out[a * step:b * step] = real.reshape(-1, 17, 3).float().cpu().numpy()
+    results = [out[base * step:base * step + n] for base, n in zip(bases - first_row, lens)]
     return results, [int(b % batch_size) for b in bases]
 
 
 def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=DEFAULT_BATCH_SIZE, progress=None,
-         first_row=0):
+         first_row=None):
     """Lift a 2D keypoint sequence to 3D with ``model`` (any lifting arch of ``pyengine.load``).
 
     keypoints_2d: ``[T, 17, 2]`` numpy array or tensor, Human3.6M joint order (``pyengine.keypoints`` reads and
@@ -179,12 +191,12 @@ def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=
         the frame and joint otherwise, e.g. pixels without width/height or a wrong image size. No NaN: fill gaps
         first (``load_keypoints(..., interpolate=True)``).
     flip: flip test-time augmentation (published): average with the mirrored input's mirrored output.
-    batch_size: windows (seq2frame) or chunks (seq2seq) per model call. Every call has exactly this many (the
-        last one is padded by repeating a window), so a window's result never depends on what shares its call.
+    batch_size: windows (seq2frame) or chunks (seq2seq) per model call.
     progress: tqdm bar on stderr; None shows it for sequences of at least 1000 frames.
-    first_row: the batch row of the first window (default 0): ``lift_tracks`` packs several people's windows
-        one after the other, and a person lifted alone with the row ``lift_tracks`` gave it (``LiftedTracks
-        .first_rows``) gets the same result bit for bit.
+    first_row: None (default), or ``lift_tracks``'s layout: every call has exactly ``batch_size`` windows (padded
+        by repeating one) and the first window sits in this row of the first call. A person lifted alone with the
+        ``batch_size`` and row ``lift_tracks`` used (``LiftedTracks.batch_size`` / ``.first_rows``) gets exactly
+        the result ``lift_tracks`` gave them.
 
     Returns ``[T, 17, 3]`` float32 numpy: root-relative 3D joints in the camera frame (model units, metres for
     Human3.6M-trained weights), equal to running the model once per frame on its own window.
@@ -202,8 +214,9 @@ class LiftedTracks:
     """``lift_tracks``'s result: ``positions_3d [P, T, 17, 3]`` float32 (NaN where the person has no pose),
     ``keypoints_2d [P, T, 17, 2]`` (the normalised input used, NaN likewise), ``valid [P, T]`` (a pose was
     lifted), ``detected [P, T]`` (the file had an instance; ``valid & ~detected``: a filled short gap),
-    ``track_ids [P]``, ``frame_ids [T]`` (the video frame of each column), the ``tracks`` they came from and
-    the batch row of each segment's first window (``first_rows``, in ``tracks.segments`` order)."""
+    ``track_ids [P]``, ``frame_ids [T]`` (the video frame of each column), the ``tracks`` they came from, the
+    windows per model call (``batch_size``) and the batch row of each segment's first window (``first_rows``, in
+    ``tracks.segments`` order)."""
 
     positions_3d: np.ndarray
     keypoints_2d: np.ndarray
@@ -212,6 +225,7 @@ class LiftedTracks:
     track_ids: np.ndarray
     frame_ids: np.ndarray
     tracks: object
+    batch_size: int
     first_rows: list
 
 
@@ -221,9 +235,12 @@ def lift_tracks(model, detections, *, flip=True, batch_size=DEFAULT_BATCH_SIZE, 
     detections: a ``pyengine.tracks.Tracks`` (``build_tracks``), or what ``build_tracks`` takes (a
         ``keypoints.Detections`` or an MMPose ``.json`` path) with its options in ``track_options`` (width,
         height, normalized, score_threshold, interpolate, min_oks, max_gap, min_length).
-    flip, batch_size, progress: as ``lift``; the windows of all segments fill the same calls one after the other
-        (``_lift_sequences``), so each segment equals ``lift(model, segment.keypoints, batch_size=batch_size,
-        first_row=first_rows[k])`` bit for bit, and ``first_rows[0] == 0``: the first equals a plain ``lift``.
+    flip, progress: as ``lift``.
+    batch_size: the most windows (chunks) per model call. The windows of all segments fill the same calls one
+        after the other, every call with the same number of rows: ``ceil(G / ceil(G / batch_size))`` for G
+        windows in all (balanced: at most one padding row per call), returned as ``LiftedTracks.batch_size``.
+        Each segment k equals ``lift(model, segment.keypoints, batch_size=result.batch_size,
+        first_row=result.first_rows[k])`` bit for bit (``_lift_sequences``).
 
     Returns ``LiftedTracks``."""
     from .tracks import Tracks, build_tracks
@@ -243,8 +260,12 @@ def lift_tracks(model, detections, *, flip=True, batch_size=DEFAULT_BATCH_SIZE, 
     pos = np.full((P, T, 17, 3), np.nan, dtype=np.float32)
     kp = np.full((P, T, 17, 2), np.nan, dtype=np.float32)
     valid, detected = np.zeros((P, T), dtype=bool), np.zeros((P, T), dtype=bool)
-    first_rows = []
+    first_rows, calls = [], 0
     if tracks.segments:
+        step = 1 if runner.seq2frame else runner.frames
+        G = sum((len(s.keypoints) + step - 1) // step for s in tracks.segments)
+        calls = -(-G // batch_size)
+        batch_size = -(-G // calls)  # the same number of calls, as few padding rows as possible
         outs, first_rows = _lift_sequences(runner, [s.keypoints for s in tracks.segments], _device(model),
                                            batch_size, 0, progress, f"{P} tracks")
         for seg, out in zip(tracks.segments, outs):
@@ -252,7 +273,7 @@ def lift_tracks(model, detections, *, flip=True, batch_size=DEFAULT_BATCH_SIZE, 
             pos[p, seg.start:seg.stop], kp[p, seg.start:seg.stop] = out, seg.keypoints
             valid[p, seg.start:seg.stop], detected[p, seg.start:seg.stop] = True, seg.detected
     return LiftedTracks(pos, kp, valid, detected, np.asarray(ids, dtype=np.int64), np.asarray(tracks.frame_ids),
-                        tracks, first_rows)
+                        tracks, batch_size if tracks.segments else 0, first_rows)
 
 
 class _Stream:
