@@ -14,8 +14,6 @@ from .nn import layers as fused_layers
 from .nn import mhformer as fused_mhformer
 from .nn import mixste as fused_mixste
 from .nn import motionbert as fused_motionbert
-from .nn import susa as fused_susa
-from .models import susa as ref_susa
 from .nn._common import Fused
 
 class _FusedTable(dict):
@@ -50,13 +48,9 @@ class _FusedTable(dict):
 # Architectures with a fused implementation.
 FUSED = _FusedTable()
 # SUSA drop-ins carry their own ``backend`` (resolved per call: "auto" is cpp on CPU, triton on CUDA).
-SUSA_DROP_INS = {ref_susa.HSUSA: fused_susa.HSUSA, ref_susa.WSUSA: fused_susa.WSUSA,
-                 ref_susa.HWSUSA: fused_susa.HWSUSA, ref_susa.SXShuffleUnit: fused_susa.SXShuffleUnit,
-                 ref_susa.PXShuffleUnit: fused_susa.PXShuffleUnit}
-SUSA_WHAT = {"HSUSA": "H-wise SUSA, one fused op", "WSUSA": "W-wise SUSA, one fused op",
-             "HWSUSA": "HW-SUSA: both halves written to their shuffled channels, no copies",
-             "SXShuffleUnit": "W-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> H-SUSA into shuffled channels",
-             "PXShuffleUnit": "HW-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> HW-SUSA into shuffled channels"}
+# reference class -> its drop-in, for the modules that carry their own ``backend`` (the SUSA family, from the registry)
+SUSA_DROP_INS = {spec.reference: spec.fused_class() for spec in archs.SPECS.values()
+                 if spec.io == "feature_map" and spec.fused is not None}
 
 
 def set_backend(model, backend, allow_tf32=False):
@@ -68,44 +62,6 @@ def set_backend(model, backend, allow_tf32=False):
             m.backend = backend
     return model
 
-# Which ops each fused module runs (for report()).
-USES = {
-    "MHFormer": {"MHG input LN + pos_embed, final LN + residual": ("layernorm",),
-                 "embeddings (3 hypotheses, one launch; F=27 BatchNorm folded)": ("ln_linear",),
-                 "hypothesis LN + regression (BatchNorm folded)": ("ln_linear",)},
-    "TPCMHFormer": {"DPC-kNN selection on cat(x1, x2, x3)": ("tpc_select",),
-                    "gather of the kept frames (3 hypotheses at once)": ("gather_tokens",)},
-    "MHGEncoder": {"4 blocks over 34 tokens": ("ln_linear", "attention")},
-    "SHRBlock": {"3 self-attentions grouped + mixing MLP": ("ln_linear", "attention")},
-    "CHIBlock": {"3 sequential cross-attention steps + mixing MLP": ("ln_linear", "attention")},
-    "Block": {"LN+QKV, attention, proj+residual, LN+fc1+GELU, fc2+residual": ("ln_linear", "attention")},
-    "CrossAttention": {"q / kv projections, attention, proj": ("ln_linear", "attention")},
-    "MixSTE": {"embedding, head": ("ln_linear",), "Spatial_norm (+ temporal pos_embed), Temporal_norm": ("layernorm",)},
-    "TPCMixSTE": {"DPC-kNN selection on the per-joint mean": ("tpc_select",), "gather": ("gather_tokens",)},
-    "HoTMixSTE": {"DPC-kNN selection on the per-joint mean": ("tpc_select",),
-                  "gather + pos_embed_token add": ("gather_tokens",),
-                  "TRA (queries projected once, shared)": ("ln_linear", "attention")},
-    "MotionBERT": {"joints_embed; head": ("ln_linear",),
-                   "per layer: both streams' first LN+QKV (one grouped launch), 4 attentions (2 spatial over the "
-                   "joints, 2 temporal over the frames, strided), proj/MLP per stream": ("ln_linear", "attention"),
-                   "fusion logits (ts_attn as two N=2 GEMMs, no concat)": ("ln_linear",),
-                   "final norm as the LN prologue of pre_logits.fc (DSTformer) or of TRA's k/v (HoT)": ("ln_linear",)},
-    "HoTMotionBERT": {"DPC-kNN selection on the per-joint mean": ("tpc_select",),
-                      "gather + pos_embed_token add": ("gather_tokens",),
-                      "TRA (queries projected once, shared)": ("ln_linear", "attention")},
-}
-GLUE = {
-    "MHFormer": "torch glue: input transpose (34 x F per window), embedding stack, pos_embed_k add, CHI column "
-                "writes (torch.cat); F=27 embedding ReLU",
-    "MixSTE": "torch glue: Spatial_pos_embed add after the 2 -> C embedding",
-    "HoTMixSTE": "torch glue: per-frame mean for the selection features, x_token residual add",
-    "MotionBERT": "torch glue: pos_embed + temp_embed add, fusion sigmoid(l0 - l1) and lerp per layer, tanh after "
-                  "pre_logits.fc",
-    "HoTMotionBERT": "torch glue: pos_embed + temp_embed add, fusion sigmoid(l0 - l1) and lerp per layer, per-frame "
-                     "mean for the selection features, x_token residual add, tanh after pre_logits.fc",
-}
-
-
 @dataclasses.dataclass
 class ReportRow:
     module: str
@@ -116,8 +72,8 @@ class ReportRow:
 
 class Report(list):
     """``model.report()`` and ``pyengine.report(module)`` (the same type from both): one row per part of the model —
-    the module, what runs, the kernel per op, and why. A list of ``ReportRow`` that shows itself as the table
-    (``str`` and ``repr``), so an interactive session prints text either way."""
+    the module, the kernel per op, what runs — then each distinct reason once (``why``). A list of ``ReportRow``
+    that shows itself as the table (``str`` and ``repr``), so an interactive session prints text either way."""
 
     def __repr__(self):
         return self.__str__()
@@ -125,8 +81,11 @@ class Report(list):
     def __str__(self):
         w = max([len(r.module) for r in self] + [6])
         k = max([len(r.kernels) for r in self] + [7])
-        lines = [f"{'module':<{w}}  {'kernels':<{k}}  what / why"]
-        lines += [f"{r.module:<{w}}  {r.kernels:<{k}}  {r.what}; {r.why}" for r in self]
+        lines = [f"{'module':<{w}}  {'kernels':<{k}}  what"]
+        lines += [f"{r.module:<{w}}  {r.kernels:<{k}}  {r.what}" for r in self]
+        reasons = list(dict.fromkeys(part for r in self for part in r.why.split("\n") if part))
+        if reasons:
+            lines += ["", "why:"] + [f"  {reason}" for reason in reasons]
         return "\n".join(lines)
 
 
@@ -141,32 +100,35 @@ def report(model) -> Report:
     info = getattr(model, "pyengine", None)
     device = _device_of(model)
     fused = [(n, m) for n, m in model.named_modules() if isinstance(m, Fused)]
-    susa = [(n, m) for n, m in model.named_modules() if type(m) in SUSA_DROP_INS.values()]
-    for name, m in susa:
+    drop_ins = [(n, m) for n, m in model.named_modules() if hasattr(type(m), "report_what")]  # the SUSA family
+    for name, m in drop_ins:
         impl = m.backend if m.backend != "auto" else ("triton" if device.type == "cuda" else "cpp")
-        why = dispatch.WHY[impl] + ("; auto" if m.backend == "auto" else "")
         kernels = f"susa={impl}"
-        if type(m).__name__.endswith("ShuffleUnit") and impl != "reference":  # the folded dwconv between the SUSAs
-            kernels += " dwconv3x3=" + ("cpp" if impl == "cpp" else "aten")
-        rows.append(ReportRow(name or "(model)", SUSA_WHAT[type(m).__name__], kernels, why))
-    if not fused and not susa:
+        why = [f"{impl}: {dispatch.WHY[impl]}" + (" (auto)" if m.backend == "auto" else "")]
+        if getattr(type(m), "report_dwconv", False) and impl != "reference":  # the folded dwconv between the units' SUSAs
+            dw = "cpp" if impl == "cpp" else "aten"
+            kernels += f" dwconv3x3={dw}"
+            why.append(f"dwconv3x3={dw}: " + ("pyengine C++ kernel (OpenMP)" if dw == "cpp" else "cuDNN depthwise conv"))
+        rows.append(ReportRow(name or "(model)", type(m).report_what, kernels, "\n".join(why)))
+    if not fused and not drop_ins:
         why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
-        rows.append(ReportRow("(whole model)", type(model).__name__, "reference", why))
+        rows.append(ReportRow("(whole model)", type(model).__name__, "reference", f"reference: {why}"))
     for name, m in fused:
         choice = m.ops_for(torch.empty(0, device=device)).choice
-        own = [c for c in type(m).__mro__ if c.__module__.startswith("pyengine.nn")]  # fused classes, subclass first
+        own = [c for c in type(m).__mro__ if issubclass(c, Fused) and c is not Fused]  # fused classes, subclass first
         for cls in own:
-            for what, ops in USES.get(cls.__name__, {}).items():
+            for what, ops in cls.__dict__.get("report_parts", {}).items():
                 kern = ", ".join(f"{op}={choice[op].impl}" for op in ops)
-                why = "; ".join(sorted({f"{choice[op].impl}: {choice[op].why}" for op in ops}))
+                why = "\n".join(f"{choice[op].impl}: {choice[op].why}" for op in ops)
                 rows.append(ReportRow(name or "(model)", what, kern, why))
-        glue = next((GLUE[c.__name__] for c in own if c.__name__ in GLUE), None)
+        glue = next((c.__dict__["report_glue"] for c in own if c.__dict__.get("report_glue")), None)
         if glue and not name:
-            rows.append(ReportRow("(model)", glue, "torch", "elementwise glue between fused launches"))
+            rows.append(ReportRow("(model)", "torch glue: " + glue, "torch", "torch: elementwise glue between fused "
+                                                                              "launches"))
     graphs = graph_status(model)
     if graphs is not None:
         rows.append(ReportRow("(model)", "latency mode: fixed-shape no-grad calls replay a CUDA graph",
-                              "cuda-graph", graphs))
+                              "cuda-graph", f"cuda-graph: {graphs}"))
     return rows
 
 

@@ -28,9 +28,15 @@ from .keypoints import (LEFT_JOINTS, RIGHT_JOINTS, KeypointError, Keypoints2D, c
 
 # From the architecture registry. lift feeds [B, F, 17, 2] windows: lifters that also take the detector's
 # confidence as a third channel (MotionBERT) are not wired to the keypoint scores yet and are refused clearly.
-SEQ2FRAME = tuple(n for n, s in SPECS.items() if s.io == "seq2frame" and s.input_channels == 2)
-SEQ2SEQ = tuple(n for n, s in SPECS.items() if s.io == "seq2seq" and s.input_channels == 2)
-TPC = tuple(n for n, s in SPECS.items() if s.tpc_center)  # seq2frame TPC: the flip pass reuses the index
+
+
+def lifters():
+    """The registry's 2D lifters, read live (an architecture registered later is seen): ``(seq2frame, seq2seq)``."""
+    two_d = [(n, s) for n, s in SPECS.items() if s.input_channels == 2]
+    return (tuple(n for n, s in two_d if s.io == "seq2frame"), tuple(n for n, s in two_d if s.io == "seq2seq"))
+
+
+SEQ2FRAME, SEQ2SEQ = lifters()  # as registered at import (for readers of these names)
 DEFAULT_BATCH_SIZE = 64
 PROGRESS_MIN_FRAMES = 1000  # progress=None shows a bar from this many frames on
 _SWAP = list(LEFT_JOINTS + RIGHT_JOINTS)
@@ -50,8 +56,9 @@ def model_spec(model):
         raise ValueError(f"model: arch {arch!r} takes {SPECS[arch].input_channels} input channels (x, y and the "
                          f"detector's confidence); pyengine.lift feeds x, y only in this version: call the model on "
                          f"[B, F, 17, {SPECS[arch].input_channels}] windows yourself")
-    if arch not in SEQ2FRAME + SEQ2SEQ:
-        raise ValueError(f"model: expected a 2D-to-3D lifting model (arch one of {SEQ2FRAME + SEQ2SEQ}, read from "
+    seq2frame, seq2seq = lifters()
+    if arch not in seq2frame + seq2seq:
+        raise ValueError(f"model: expected a 2D-to-3D lifting model (arch one of {seq2frame + seq2seq}, read from "
                          f"model.pyengine.arch or model.arch), got arch {arch!r}")
     if not isinstance(frames, int) or frames < 1:
         raise ValueError(f"model: cannot tell its window length: no model.pyengine.config['frames'] or model.frames "
@@ -85,10 +92,10 @@ class _Runner:
         self.model, self.flip = model, flip
         self.arch, self.frames, _ = model_spec(model)
         self.centre = (self.frames - 1) // 2
-        self.seq2frame = self.arch in SEQ2FRAME
+        self.seq2frame = SPECS[self.arch].io == "seq2frame"
 
     def _pass(self, x, index=None):
-        if self.arch in TPC:
+        if SPECS[self.arch].tpc_center:  # seq2frame TPC: the flip pass reuses the first pass's index
             out, index = self.model(x, index)
             pos = (index < self.centre).sum(-1)  # index is sorted and always holds the centre frame
             rows = torch.arange(len(x), device=x.device)

@@ -8,6 +8,8 @@ from ._common import Fused, block_forward, stack
 class Block(Fused, ref.Block):
     """``x [B, N, C]``: ``x + attn(LN1(x))`` then ``x + mlp(LN2(x))`` in five launches."""
 
+    report_parts = {"LN+QKV, attention, proj+residual, LN+fc1+GELU, fc2+residual": ("ln_linear", "attention")}
+
     def forward(self, x):
         B, N, C = x.shape
         H = self.attn.num_heads
@@ -23,6 +25,8 @@ class Block(Fused, ref.Block):
 class CrossAttention(Fused, ref.CrossAttention):
     """``proj(attn(linear_q(x_q), linear_k(x_k), linear_v(x_v)))``; k and v share one launch when
     ``x_k is x_v`` (HoT's TRA)."""
+
+    report_parts = {"q / kv projections, attention, proj": ("ln_linear", "attention")}
 
     def forward(self, x_q, x_k, x_v):
         B, N, C = x_q.shape

@@ -31,6 +31,8 @@ def _hyp_views(qkv, B, N, G, H):
 class MHGEncoder(Fused, ref.MHGEncoder):
     """Fused MHG encoder over the 34 (joint, coordinate) tokens of width F."""
 
+    report_parts = {"4 blocks over 34 tokens": ("ln_linear", "attention")}
+
     def encode_residual(self, x, norm):
         """``x + self(norm(x))`` for rows ``x [B*34, F]`` (the cascade step of MHFormer's MHG)."""
         ops = self.ops_for(x)
@@ -59,6 +61,8 @@ class MHGEncoder(Fused, ref.MHGEncoder):
 
 class SHRBlock(Fused, ref.SHRBlock):
     """Fused single-hypothesis refining block."""
+
+    report_parts = {"3 self-attentions grouped + mixing MLP": ("ln_linear", "attention")}
 
     def forward_packed(self, X, B, N):
         """``X [B*N, 3C]`` -> ``[B*N, 3C]``."""
@@ -99,6 +103,8 @@ class CHIBlock(Fused, ref.CHIBlock):
     """Fused cross-hypothesis interaction block: three sequential steps (each reads the hypotheses the steps
     before it updated), three launches each, then the mixing MLP."""
 
+    report_parts = {"3 sequential cross-attention steps + mixing MLP": ("ln_linear", "attention")}
+
     def forward_packed(self, X, B, N):
         ops = self.ops_for(X)
         C = X.shape[1] // 3
@@ -132,6 +138,12 @@ MAPPING = ((ref.MHGEncoder, MHGEncoder), (ref.SHRBlock, SHRBlock), (ref.CHIBlock
 class MHFormer(Fused, ref.MHFormer):
     """Fused MHFormer: same constructor, state_dict and outputs as :class:`pyengine.models.MHFormer`; add
     ``backend=`` ("auto", "triton", "cuda", "cpp", "reference")."""
+
+    report_parts = {"MHG input LN + pos_embed, final LN + residual": ("layernorm",),
+                    "embeddings (3 hypotheses, one launch; F=27 BatchNorm folded)": ("ln_linear",),
+                    "hypothesis LN + regression (BatchNorm folded)": ("ln_linear",)}
+    report_glue = ("input transpose (34 x F per window), embedding stack, pos_embed_k add, CHI column writes "
+                   "(torch.cat); F=27 embedding ReLU")
 
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -206,6 +218,9 @@ class MHFormer(Fused, ref.MHFormer):
 
 class TPCMHFormer(MHFormer, ref.TPCMHFormer):
     """Fused TPC-MHFormer: ``forward(x, index=None) -> (out [B, token_num, J, 3], index)``."""
+
+    report_parts = {"DPC-kNN selection on cat(x1, x2, x3)": ("tpc_select",),
+                    "gather of the kept frames (3 hypotheses at once)": ("gather_tokens",)}
 
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         ref.TPCMHFormer.__init__(self, *args, **kwargs)

@@ -35,6 +35,10 @@ def _temporal_views(B, F, J, H):
 class MixSTE(Fused, ref.MixSTE):
     """Fused MixSTE; add ``backend=`` ("auto", "triton", "cuda", "cpp", "reference")."""
 
+    report_parts = {"embedding, head": ("ln_linear",),
+                    "Spatial_norm (+ temporal pos_embed), Temporal_norm": ("layernorm",)}
+    report_glue = "Spatial_pos_embed add after the 2 -> C embedding"
+
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         super().__init__(*args, **kwargs)
         fuse_children(self, MAPPING)
@@ -83,6 +87,8 @@ class MixSTE(Fused, ref.MixSTE):
 class TPCMixSTE(MixSTE, ref.TPCMixSTE):
     """Fused TPC-MixSTE: ``forward(x, index=None) -> (out [B, token_num, J, 3], index)``."""
 
+    report_parts = {"DPC-kNN selection on the per-joint mean": ("tpc_select",), "gather": ("gather_tokens",)}
+
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         ref.TPCMixSTE.__init__(self, *args, **kwargs)
         fuse_children(self, MAPPING)
@@ -95,6 +101,11 @@ class TPCMixSTE(MixSTE, ref.TPCMixSTE):
 
 class HoTMixSTE(MixSTE, ref.HoTMixSTE):
     """Fused HoT-MixSTE (TPC + TRA): ``forward(x, index=None, return_index=False)`` as the reference."""
+
+    report_parts = {"DPC-kNN selection on the per-joint mean": ("tpc_select",),
+                    "gather + pos_embed_token add": ("gather_tokens",),
+                    "TRA (queries projected once, shared)": ("ln_linear", "attention")}
+    report_glue = "per-frame mean for the selection features, x_token residual add"
 
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         ref.HoTMixSTE.__init__(self, *args, **kwargs)

@@ -32,6 +32,13 @@ from .mixste import _spatial_views, _temporal_views
 class MotionBERT(Fused, ref.MotionBERT):
     """Fused DSTformer; add ``backend=`` ("auto", "triton", "cuda", "cpp", "reference")."""
 
+    report_parts = {"joints_embed; head": ("ln_linear",),
+                    "per layer: both streams' first LN+QKV (one grouped launch), 4 attentions (2 spatial over the "
+                    "joints, 2 temporal over the frames, strided), proj/MLP per stream": ("ln_linear", "attention"),
+                    "fusion logits (ts_attn as two N=2 GEMMs, no concat)": ("ln_linear",),
+                    "final norm as the LN prologue of pre_logits.fc (DSTformer) or of TRA's k/v (HoT)": ("ln_linear",)}
+    report_glue = "pos_embed + temp_embed add, fusion sigmoid(l0 - l1) and lerp per layer, tanh after pre_logits.fc"
+
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         super().__init__(*args, **kwargs)
         self.set_backend(backend, allow_tf32)
@@ -135,6 +142,12 @@ class MotionBERT(Fused, ref.MotionBERT):
 
 class HoTMotionBERT(MotionBERT, ref.HoTMotionBERT):
     """Fused HoT-MotionBERT (TPC + TRA): ``forward(x, index=None, return_index=False)`` as the reference."""
+
+    report_parts = {"DPC-kNN selection on the per-joint mean": ("tpc_select",),
+                    "gather + pos_embed_token add": ("gather_tokens",),
+                    "TRA (queries projected once, shared)": ("ln_linear", "attention")}
+    report_glue = ("pos_embed + temp_embed add, fusion sigmoid(l0 - l1) and lerp per layer, per-frame mean for the "
+                   "selection features, x_token residual add, tanh after pre_logits.fc")
 
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         ref.HoTMotionBERT.__init__(self, *args, **kwargs)

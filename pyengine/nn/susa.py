@@ -132,9 +132,13 @@ class _StripeSUSA:
 class HSUSA(_StripeSUSA, ref.HSUSA):
     """H-wise SUSA (a gate per row) on the fused kernel. ``HSUSA(channels, ln_enable=True, backend="auto")``."""
 
+    report_what = "H-wise SUSA, one fused op"
+
 
 class WSUSA(_StripeSUSA, ref.WSUSA):
     """W-wise SUSA (a gate per column) on the fused kernel. ``WSUSA(channels, ln_enable=True, backend="auto")``."""
+
+    report_what = "W-wise SUSA, one fused op"
 
     DIRECTION, REFERENCE, LIMIT = "w", ref.WSUSA, {"max_w": ref.GROUP_WEIGHT_W}
 
@@ -161,6 +165,8 @@ class HWSUSA(ref.HWSUSA):
     """HW-SUSA on the fused kernel: H-wise SUSA on the first ``h_channels``, W-wise on the rest, written straight
     to their concatenated (and, with ``hw_shuffle``, shuffled) positions.
     ``HWSUSA(channels, mode=None, ln_enable=False, hw_shuffle=False, backend="auto")``."""
+
+    report_what = "HW-SUSA: both halves written to their shuffled channels, no copies"
 
     def __init__(self, channels: int, mode=None, ln_enable: bool = False, hw_shuffle: bool = False,
                  backend: str = "auto"):
@@ -203,6 +209,8 @@ def _unit_from_reference(cls, reference, module, backend):
 class _FusedUnit:
     """The forward shared by both units: checks, the passthrough half, then the subclass's fused ``_branch2``."""
 
+    report_dwconv = True  # report(): the folded dwconv between the SUSAs runs on its own kernel
+
     def forward(self, x):
         what = type(self).__name__
         ref._check_input(x, what, self.in_channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
@@ -226,6 +234,9 @@ class SXShuffleUnit(_FusedUnit, ref.SXShuffleUnit):
     dw3x3 conv + BN -> H-SUSA written straight to the odd channels of the output; the first half is copied to the
     even channels. ``SXShuffleUnit(in_channels, out_channels, stride=1, backend="auto")``; inference only."""
 
+    report_what = ("W-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> H-SUSA into shuffled "
+                   "channels")
+
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, backend: str = "auto"):
         super().__init__(in_channels, out_channels, stride)
         self.backend = _check_backend(backend, type(self).__name__)
@@ -246,6 +257,9 @@ class PXShuffleUnit(_FusedUnit, ref.PXShuffleUnit):
     shuffled halves) -> folded dw3x3 conv + BN -> HW-SUSA written straight to the odd channels of the output
     (its own shuffle composed with the unit's); the first half is copied to the even channels.
     ``PXShuffleUnit(in_channels, out_channels, stride=1, backend="auto")``; inference only."""
+
+    report_what = ("HW-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> HW-SUSA into shuffled "
+                   "channels")
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, backend: str = "auto"):
         super().__init__(in_channels, out_channels, stride)
