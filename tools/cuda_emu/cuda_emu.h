@@ -4,8 +4,9 @@
 // Execution model:
 //   * one OS thread per CUDA thread of a block (a pool of workers reused across blocks and launches); the blocks of
 //     a grid run one after another; one launch at a time (launches are synchronous: a stream orders nothing more);
-//   * __syncthreads: a block barrier (mutex + condition variable, which ThreadSanitizer understands); every thread
-//     of the block must reach the same __syncthreads (same file:line), else the launch fails;
+//   * __syncthreads: a block barrier (a mutex guards the arrivals; each waiting thread sleeps on its own semaphore,
+//     released by the thread completing the barrier; ThreadSanitizer understands both); every thread of the block
+//     must reach the same __syncthreads (same file:line), else the launch fails;
 //   * __shfl_*_sync / __syncwarp: a per-warp (32 lanes) barrier with a double-buffered exchange slot per lane; all
 //     lanes named in the mask must call the same intrinsic at the same place with the same mask;
 //   * deadlock detection: when every thread of the block is either blocked in a barrier or has exited, and no
