@@ -44,13 +44,14 @@ class BuildError(RuntimeError):
 
 
 def cxx20_available():
-    """``(ok, why)``: whether the compiler takes -std=c++20 with <barrier>-era features the emulator needs."""
+    """``(ok, why)``: whether the compiler takes -std=c++20 with the <semaphore> header the emulator needs."""
     if shutil.which(CXX) is None:
         return False, f"{CXX} not found"
-    probe = "#include <version>\n#if __cplusplus < 202002L\n#error no C++20\n#endif\nint main() { return 0; }\n"
+    probe = ("#include <semaphore>\n#if __cplusplus < 202002L || !defined(__cpp_lib_semaphore)\n#error no C++20\n"
+             "#endif\nint main() { std::counting_semaphore<> s(0); s.release(); return 0; }\n")
     res = subprocess.run([CXX, "-std=c++20", "-x", "c++", "-fsyntax-only", "-"], input=probe, capture_output=True,
                          text=True)
-    return res.returncode == 0, res.stderr.strip()[-300:]
+    return res.returncode == 0, res.stderr.strip()[-300:] or f"{CXX} -std=c++20 rejects a <semaphore> probe"
 
 
 def _key(variant):
