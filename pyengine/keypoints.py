@@ -19,7 +19,9 @@ Formats (``read_keypoints``; chosen by the file extension unless ``format=`` is 
   instances has every keypoint missing. ``meta_info.image_width`` / ``image_height`` / ``fps`` (written by
   pyengine's sample) give the image size and frame rate. The video's frame axis is kept: output frame k is
   ``frame_id`` first + k (``Keypoints2D.frame_ids``); a ``frame_id`` the file skips is an absent frame, which
-  ``prepare_keypoints`` refuses by name unless ``interpolate=True`` fills it.
+  ``prepare_keypoints`` refuses by name unless ``interpolate=True`` fills it. ``read_detections`` keeps every
+  instance of every frame instead (``Detections``, with ``track_id`` when the file has it), for
+  ``pyengine.tracks`` / ``pyengine.lift_tracks`` (several people).
 * ``.npy``: a float array ``[T, 17, 2]`` (or ``[T, 17, 3]`` with scores), no pickle.
 * ``.csv``: one row per frame, 34 columns ``x0, y0, x1, y1, ...`` or 51 columns ``x0, y0, s0, ...``; an optional
   non-numeric header line is skipped.
@@ -520,7 +522,8 @@ def read_detections(path, *, format=None):
     if inf.any() or np.isinf(sc).any():
         n, j = map(int, np.argwhere(inf | np.isinf(sc))[0])
         raise KeypointError(f"{path}: frame {int(ids[rows[n]])} instance {index[n]} {_joint_label(j, 'coco')}: "
-                            f"infinite coordinate or score {tuple(xy[n, j])}, {sc[n, j]}; expected finite values "
+                            f"infinite coordinate or score ({xy[n, j, 0]:g}, {xy[n, j, 1]:g}), score {sc[n, j]:g}; "
+                            f"expected finite values "
                             f"(NaN or null for a missing keypoint)")
     xy, sc = coco_to_h36m(xy, sc)
     return Detections(np.asarray(rows, dtype=np.int64), np.asarray(index, dtype=np.int64), xy, sc,

@@ -147,6 +147,7 @@ def _associate(det, present, usable, min_oks, max_gap):
     order = np.argsort(det.row, kind="stable")
     bounds = np.searchsorted(det.row[order], np.arange(len(det.frame_ids) + 1))
     active = []  # [track id, last row, instance number of its last pose]
+    new_id = 0
     for t in range(len(det.frame_ids)):
         members = order[bounds[t]:bounds[t + 1]]
         members = _canonical(det, members[usable[members]]) if len(members) else members
@@ -163,13 +164,9 @@ def _associate(det, present, usable, min_oks, max_gap):
                     matched.add(j)
         for j, n in enumerate(members):
             if j not in matched:
-                labels[n] = _next_id(labels)
+                labels[n], new_id = new_id, new_id + 1
                 active.append([labels[n], t, n])
     return labels
-
-
-def _next_id(labels):
-    return int(labels.max()) + 1 if (labels >= 0).any() else 0
 
 
 def build_tracks(detections, *, width=None, height=None, normalized=None, score_threshold=DEFAULT_SCORE_THRESHOLD,
@@ -239,8 +236,9 @@ def _segment(det, tid, members, first, last, *, interpolate, **prepare):
         raise KeypointError(f"{source}: {len(gaps)} frame(s) without a detection inside frames {int(ids[0])}..."
                             f"{int(ids[-1])} (gaps of at most max_gap frames stay in the track), first {gaps[:10]};"
                             f" pass interpolate=True (CLI: --interpolate) to fill them linearly in time")
-    kp = Keypoints2D(xy, scores if det.has_scores else np.where(detected[:, None], 1.0, 0.0), width=det.width,
-                     height=det.height, layout="h36m", source=source, fps=det.fps, frame_ids=ids)
+    # (a file without scores has 1.0 on every detection, so only the gaps count as missing)
+    kp = Keypoints2D(xy, scores, width=det.width, height=det.height, layout="h36m", source=source, fps=det.fps,
+                     frame_ids=ids)
     try:
         x = prepare_keypoints(kp, interpolate=interpolate, **prepare)
     except KeypointError as exc:

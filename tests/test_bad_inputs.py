@@ -73,6 +73,27 @@ def files(tmp_path_factory):
     np.savez(paths["width_str_npz"], keypoints_2d=WALK[:5], width=np.array("abc"), height=1002)
     paths["layout_npz"] = str(d / "layout.npz")
     np.savez(paths["layout_npz"], keypoints_2d=WALK[:5], layout=np.array("coco"))
+    # Two people per frame (MMPose JSON), each file with one defect (pyengine/tracks.py).
+    person = np.random.default_rng(1).uniform(100, 400, size=(17, 2))  # walking right by 2 px a frame
+
+    def people_json(name, edit=None, n=12):
+        frames = [{"frame_id": t, "instances": [{"keypoints": (person + [2 * t + 400 * p, 0]).tolist(),
+                                                 "keypoint_scores": [0.9] * 17} for p in range(2)]}
+                  for t in range(n)]
+        if edit:
+            edit(frames)
+        paths[name] = str(d / f"{name}.json")
+        with open(paths[name], "w") as f:
+            json.dump({"meta_info": {"image_width": 1000, "image_height": 1000}, "instance_info": frames}, f)
+
+    people_json("people")
+    people_json("people_gap", lambda fr: fr[5].update(instances=[]))  # nobody detected in frame 5
+    people_json("people_no_scores", lambda fr: [i.pop("keypoint_scores") for f in fr for i in f["instances"]])
+    people_json("people_some_scores", lambda fr: fr[2]["instances"][1].pop("keypoint_scores"))
+    people_json("people_null", lambda fr: fr[3]["instances"][0].update(keypoints=None))
+    people_json("people_some_ids", lambda fr: [i.update(track_id=k) for f in fr[:4]
+                                               for k, i in enumerate(f["instances"])])
+    people_json("people_same_id", lambda fr: [i.update(track_id=0) for f in fr for i in f["instances"]])
     paths["dir"] = str(d / "a_directory.npz")
     os.mkdir(paths["dir"])
     return paths
@@ -96,6 +117,35 @@ READER_CASES = [
     ("inf_npy", {"format": "xml"}, KeypointError, ["format", "'xml'"]),
     ("dir", {}, IsADirectoryError, ["a_directory.npz", "is a directory"]),
 ]
+
+
+# Several people: read_detections / build_tracks (file, build_tracks options, exception, words)
+DETECTION_CASES = [
+    ("people_gap", {}, KeypointError, ["people_gap.json track 0", "1 frame(s) without a detection", "first [5]",
+                                       "interpolate=True"]),
+    ("people_some_scores", {}, KeypointError, ["keypoint_scores", "1 of 24 instances have none",
+                                               "frame 2 instance 1"]),
+    ("people_null", {}, KeypointError, ["frame 3 instance 0", "keypoints is null"]),
+    ("people_some_ids", {}, KeypointError, ["track_id: 8 of 24 instances have one", "frame 4 instance 0"]),
+    ("people_same_id", {}, KeypointError, ["frame 0", "track_id 0 appears in instances 0 and 1"]),
+    ("people", {"max_gap": 1.5}, ValueError, ["max_gap", "1.5"]),
+    ("people", {"min_oks": 0}, ValueError, ["min_oks", "got 0"]),
+    ("people", {"min_length": 13}, None, None),  # every segment shorter: reported, none kept (the CLI: exit 2)
+    ("inf_npy", {}, KeypointError, ["inf.npy", "MMPose .json predictions only", "'npy'"]),
+]
+
+
+@pytest.mark.parametrize("name,options,exc,words", DETECTION_CASES, ids=[c[0] for c in DETECTION_CASES])
+def test_detections_refuse(files, name, options, exc, words):
+    from pyengine.tracks import build_tracks
+    if exc is None:
+        tracks = build_tracks(files[name], **options)
+        assert tracks.segments == [] and len(tracks.skipped) == 2
+        return
+    with pytest.raises(exc) as info:
+        build_tracks(files[name], **options)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
 
 
 @pytest.mark.parametrize("name,options,exc,words", [c for c in READER_CASES if c[2] is not None],
@@ -342,6 +392,23 @@ CLI_CASES = [
     (lambda f, o: ["lift", SAMPLE_NPZ, "-o", o, "--random-weights", "--arch", "tpc_mixste", "--frames", "27",
                    "--channel", "16", "--depth", "2", "--layer-index", "1"],
      ["token_num", "got 61", "token_num=61 is arch 'tpc_mixste''s default", "--token-num"]),
+]
+CLI_CASES += [  # several people (docs/lifting.md, "Several people")
+    (lambda f, o: ["lift", f["people_gap"], "-o", o, "--random-weights", *TINY],
+     ["people_gap.json track 0", "without a detection", "--interpolate"]),
+    (lambda f, o: ["lift", f["people_some_ids"], "-o", o, "--random-weights", *TINY], ["track_id", "8 of 24"]),
+    (lambda f, o: ["lift", f["people_no_scores"], "-o", o, "--random-weights", *TINY, "--score-threshold", "0.5"],
+     ["--score-threshold 0.5", "no keypoint scores"]),
+    (lambda f, o: ["lift", SAMPLE_NPZ, "-o", o, "--random-weights", "--multi-person"],
+     ["--multi-person", "MMPose .json input only", "sample_walk.npz"]),
+    (lambda f, o: ["lift", SAMPLE_JSON, "-o", o, "--random-weights", *TINY, "--max-gap", "3"],
+     ["--max-gap", "one person per frame", "--multi-person"]),
+    (lambda f, o: ["lift", f["people"], "-o", o, "--random-weights", *TINY, "--min-track-length", "13"],
+     ["skipped track 0", "nothing to lift"]),
+    (lambda f, o: ["lift", f["people"], "-o", o, "--random-weights", "--max-gap", "-1"], ["--max-gap", "-1"]),
+    (lambda f, o: ["lift", f["people"], "-o", o, "--random-weights", "--min-oks", "2"], ["--min-oks", "'2'"]),
+    (lambda f, o: ["lift", f["people_same_id"], "-o", o, "--random-weights", *TINY, "--min-oks", "0.5"],
+     ["track_id 0 appears"]),
 ]
 if not CUDA:
     CLI_CASES.append((lambda f, o: ["verify", "--device", "cuda"], ["--device cuda", "CUDA"]))

@@ -169,30 +169,35 @@ def test_each_track_equals_its_own_lift(scene_file, tmp_path, arch):
         name = who(seg)
         kp, _ = load_keypoints(single_person_json(tmp_path / f"{name}{seg.start}.json", name, seg.start,
                                                   seg.stop - 1))
-        alone = lift(model, kp, batch_size=bs, first_row=row)
+        alone = lift(model, kp, batch_size=res.batch_size, first_row=row)
         assert torch.equal(torch.from_numpy(res.positions_3d[p, seg.start:seg.stop]), torch.from_numpy(alone))
         assert res.valid[p, seg.start:seg.stop].all()
     assert np.isnan(res.positions_3d[~res.valid]).all() and np.isfinite(res.positions_3d[res.valid]).all()
-    # The first segment starts at row 0: a plain lift; any layout equals the per-frame result up to float order.
-    first = tracks.segments[0]
-    p = list(res.track_ids).index(first.track_id)
-    np.testing.assert_array_equal(res.positions_3d[p, first.start:first.stop],
-                                  lift(model, first.keypoints, batch_size=bs))
+    # Balanced calls: the same number as batch_size would need, with at most one padding row each.
+    step = 1 if arch.startswith(("mhformer", "tpc_")) else model.frames
+    G = sum(-(-len(s.keypoints) // step) for s in tracks.segments)
+    assert res.batch_size == -(-G // -(-G // bs)) <= bs
+    # Any layout equals the per-frame result up to float summation order.
     alone = [lift(model, s.keypoints, batch_size=bs) for s in sorted(tracks.segments, key=lambda s: s.track_id)]
     assert rel_error(torch.from_numpy(res.positions_3d[res.valid]), torch.from_numpy(np.concatenate(alone))) < 1e-5
 
 
-def test_lift_pads_every_call_to_batch_size():
-    # Every model call has exactly batch_size windows (same shape, so a window's result does not depend on its
-    # neighbours); a short sequence still costs one full call.
+def test_first_row_pads_every_call_to_batch_size():
+    # lift_tracks's layout: every model call has exactly batch_size windows (one shape, so a window's result
+    # does not depend on its neighbours), the first window in row first_row; the plain layout's last call is
+    # smaller.
     model = tiny("mhformer")
     shapes = []
     handle = model.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
     x = (0.3 * np.random.default_rng(0).normal(size=(21, 17, 2))).astype(np.float32)
-    lift(model, x, batch_size=8, flip=False)
+    plain = lift(model, x, batch_size=8, flip=False)
+    assert shapes == [(8, 9, 17, 2)] * 2 + [(5, 9, 17, 2)]
+    shapes.clear()
+    padded = lift(model, x, batch_size=8, flip=False, first_row=6)
     handle.remove()
-    assert shapes == [(8, 9, 17, 2)] * 3
-    with pytest.raises(ValueError, match=r"first_row: expected an int in \[0, batch_size=8\), got 8"):
+    assert shapes == [(8, 9, 17, 2)] * 4  # rows 6..26 of 4 calls
+    assert rel_error(torch.from_numpy(padded), torch.from_numpy(plain)) < 1e-5
+    with pytest.raises(ValueError, match=r"first_row: expected None or an int in \[0, batch_size=8\), got 8"):
         lift(model, x, batch_size=8, first_row=8)
 
 
@@ -317,6 +322,16 @@ def test_empty_frames_inside_tracks_are_filled_when_asked(tmp_path):
     tracks = build_tracks(path, interpolate=True)
     assert sorted((who(s), s.start, s.stop) for s in tracks.segments)[0] == ("A", 0, T)
     assert sum(int((~s.detected).sum()) for s in tracks.segments) == 3 * 3  # A, B and C each miss 30..32
+
+
+def test_files_without_scores_are_tracked(tmp_path):
+    def no_scores(frames):
+        for fr in frames:
+            for inst in fr["instances"]:
+                del inst["keypoint_scores"]
+    det = read_detections(write(tmp_path / "plain.json", scene(extra=_edit(no_scores))))
+    assert not det.has_scores and (det.scores == 1).all()
+    assert len(build_tracks(det).segments) == 4
 
 
 def test_read_detections_refuses_other_formats(tmp_path):
