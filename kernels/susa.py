@@ -99,7 +99,7 @@ def _susa_gate_kernel(a_ptr, cw_ptr, cb_ptr, lw_ptr, lb_ptr, C, R, eps,
 
 
 @triton.jit
-def _susa_apply_kernel(x_ptr, gate_ptr, out_ptr, idx_ptr, total, C, H, W, sxn, sxc, sxh, sxw,
+def _susa_apply_kernel(x_ptr, gate_ptr, out_ptr, idx_ptr, total, C, C_out, H, W, sxn, sxc, sxh, sxw,
                        son, soc, soh, sow, rows_are_h,
                        BLOCK: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -120,7 +120,9 @@ def _susa_apply_kernel(x_ptr, gate_ptr, out_ptr, idx_ptr, total, C, H, W, sxn, s
     R = tl.where(rows_are_h != 0, H, W)
     g = tl.load(gate_ptr + (n * C + c) * R + r, mask=mask, other=0.0)
     oc = tl.load(idx_ptr + c, mask=mask, other=0).to(tl.int64)
-    tl.store(out_ptr + n * son + oc * soc + h * soh + w * sow, (x * g).to(out_ptr.dtype.element_ty), mask=mask)
+    # an out_index outside out's channels is skipped, never written out of bounds (the CUDA kernel does the same)
+    ok = mask & (oc >= 0) & (oc < C_out)
+    tl.store(out_ptr + n * son + oc * soc + h * soh + w * sow, (x * g).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 def stripe_block(R: int, S: int) -> int:
@@ -167,7 +169,7 @@ def susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, h_wis
     total = x.numel()
     apply_block = INTERP_APPLY_BLOCK if INTERPRETING else APPLY_BLOCK
     _susa_apply_kernel[(triton.cdiv(total, apply_block),)](
-        x, scratch, out, out_index, total, C, H, W, sxn, sxc, sxh, sxw, *out.stride(), int(h_wise),
+        x, scratch, out, out_index, total, C, out.shape[1], H, W, sxn, sxc, sxh, sxw, *out.stride(), int(h_wise),
         BLOCK=apply_block, CHANNELS_LAST=_channel_stride_smallest(x), num_warps=APPLY_WARPS)
 
 
@@ -186,7 +188,7 @@ def sm90_cases():
             cases.append(KernelCase(
                 f"susa_apply_{t}_{'cl' if cl else 'nchw'}", _susa_apply_kernel,
                 {"x_ptr": f"*{t}", "gate_ptr": "*fp32", "out_ptr": f"*{t}", "idx_ptr": "*i32", "total": "i32",
-                 "C": "i32", "H": "i32", "W": "i32", "sxn": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
+                 "C": "i32", "C_out": "i32", "H": "i32", "W": "i32", "sxn": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
                  "son": "i32", "soc": "i32", "soh": "i32", "sow": "i32", "rows_are_h": "i32",
                  "BLOCK": "constexpr", "CHANNELS_LAST": "constexpr"},
                 {"BLOCK": APPLY_BLOCK, "CHANNELS_LAST": cl}, num_warps=APPLY_WARPS))

@@ -260,3 +260,19 @@ def test_eager_calls_skip_the_dispatch_but_modes_and_the_profiler_see_the_ops():
     version = out._version
     susa_into(x, *params, out=out, out_index=index, direction="h")
     assert out._version > version  # the direct path bumps out's version like the mutating op does
+
+
+def test_triton_kernel_never_writes_an_out_of_range_channel():
+    """The raw op (no wrapper value check): an out_index outside out's channels is skipped, not written."""
+    from pyengine.kernels import susa as tk
+    m, params = module_and_params("h", 4, True, torch.float32)
+    x = torch.randn(1, 4, 5, 3)
+    p = [None if t is None else t.detach().reshape(-1).float().contiguous() if t.dim() != 2 else t.detach().float()
+         for t in params]
+    p[3] = params[3].detach().reshape(4, 4).float().contiguous()
+    guard = torch.full((1, 6, 5, 3), 7.0)  # 4 real channels + 2 guard channels past the view below
+    out = guard[:, :4]
+    index = torch.tensor([0, 1, 2, 4], dtype=torch.int32)  # 4 is past out's 4 channels
+    tk.susa_into(x, *p, True, out, index)
+    assert torch.all(guard[:, 4:] == 7.0), "wrote past out's channels"
+    assert torch.all(out[:, 3] == 7.0) and not torch.all(out[:, :3] == 7.0)
