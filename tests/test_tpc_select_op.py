@@ -79,9 +79,8 @@ def test_bad_arguments_raise_before_the_kernel():
     with pytest.raises(ValueError, match=r"x: expected token features of shape \[B, N, C\]"):
         pyengine.tpc_select(x[0], 2)
     bad = x.clone()
-    bad[1, 3, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        pyengine.tpc_select(bad, 2)
+    bad[1, 3, 0] = float("nan")  # not an error (no value check in the forward): the reference's NaN rule
+    assert torch.equal(pyengine.tpc_select(bad, 2), pyengine.tpc_select(bad, 2, backend="reference"))
     with pytest.raises(ValueError, match=r"noise: expected a tensor of shape \[2, 9\]"):
         pyengine.tpc_select(x, 2, noise=torch.zeros(9))
     with pytest.raises(pyengine.BackendUnavailableError, match=r"backend='bogus' is not available"):

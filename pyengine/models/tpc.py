@@ -52,7 +52,8 @@ def dpc_knn_scores(x, k=2, tie_break="index", noise=None):
     # Non-finite features (docs/tpc.md): a NaN distance (a NaN feature, inf - inf) counts as infinitely far, and a
     # token stays at distance 0 from itself, so every comparison below is on numbers (as in the kernels).
     dist = torch.where(dist.isnan(), float("inf"), dist)
-    dist.diagonal(dim1=-2, dim2=-1).zero_()
+    eye = torch.eye(N, dtype=torch.bool, device=dist.device)
+    dist = torch.where(eye, 0.0, dist)  # (functional, not an in-place diagonal write: exports to ONNX)
     # k smallest distances of each row, the token itself included (distance 0).
     nearest = dist.topk(k, dim=-1, largest=False).values
     rho = (-(nearest ** 2).mean(dim=-1)).exp()
@@ -101,17 +102,22 @@ def dpc_knn_select(x, keep, k=2, center=None, tie_break="index", noise=None):
     n_rank = keep if center is None else keep - 1
     # A NaN score (inf * 0: a token with non-finite features) ranks as -inf, below every number (docs/tpc.md).
     score = torch.where(score.isnan(), float("-inf"), score)
-    # Highest score first, equal scores (-inf included): lower index first (a stable sort on the negated score).
-    order = torch.sort(-score, dim=-1, stable=True).indices
+    # Rank by counting, as the kernels do (and what a stable sort on the negated score gives): token i's rank is
+    # the number of tokens before it, i.e. with a higher score, or an equal one (-inf included) at a lower index.
+    # The centre (seq2frame models) takes no part in the ranking and is added back. Elementwise ops, a sum, a
+    # cumsum and a scatter only: no sort, so the selection exports to ONNX.
+    idx = torch.arange(N, device=score.device)
+    s_i, s_j = score[:, :, None], score[:, None, :]
+    before = (s_j > s_i) | ((s_j == s_i) & (idx[None, :] < idx[:, None]))  # [B, i, j]: j ranks before i
     if center is not None:
-        # The centre takes no part in the ranking: move it behind the others, keeping their order (a stable sort
-        # on "is the centre"; masking its score to -inf would let it tie with other -inf scores and be picked).
-        is_center = (order == center).to(torch.int8)
-        order = order.gather(-1, torch.sort(is_center, dim=-1, stable=True).indices)
-    order = order[:, :n_rank]
+        before = before & (idx != center)[None, None, :]
+    kept = before.sum(dim=-1) < n_rank
     if center is not None:
-        order = torch.cat([order, torch.full((B, 1), center, dtype=order.dtype, device=order.device)], dim=-1)
-    return order.sort(dim=-1).values
+        kept = (kept & (idx != center)) | (idx == center)
+    # The kept indices in ascending order: kept token i goes to slot (kept tokens before it); others to a spare slot.
+    slot = torch.where(kept, torch.cumsum(kept.long(), dim=-1) - 1, keep)
+    out = torch.zeros(B, keep + 1, dtype=torch.long, device=score.device)
+    return out.scatter(1, slot, idx.expand(B, N).contiguous())[:, :keep]
 
 
 def check_tpc_config(token_num, frames, layer_index, first_block, last_block, tie_break, depth_name):
