@@ -15,6 +15,10 @@ CASES = {
     "mixste": dict(frames=9, channel=32, depth=2, heads=4),
     "mhformer": dict(frames=27, channel=16, d_hid=32, layers=2),
     "hsusa": dict(channels=8),
+    # TPC: the DPC-kNN selection runs inside the ONNX graph and picks the reference's frames
+    "tpc_mixste": dict(frames=9, channel=16, depth=2, heads=4, token_num=3, layer_index=1),
+    "hot_mixste": dict(frames=9, channel=16, depth=2, heads=4, token_num=5, layer_index=1),
+    "motionbert": dict(dim_feat=16, dim_rep=8, depth=2, num_heads=4, mlp_ratio=2, maxlen=9),  # 3-channel input
 }
 
 
@@ -31,6 +35,7 @@ def test_export_writes_a_file_that_onnx_runtime_runs_like_eager(arch, tmp_path):
     assert [f for f in os.listdir(tmp_path)] == [path.name]  # no temporary file left behind
     sess = ort.InferenceSession(str(path))
     assert sess.get_inputs()[0].shape[0] == "batch" and sess.get_outputs()[0].name == "out"
+    assert [o.name for o in sess.get_outputs()] == (["out", "index"] if arch == "tpc_mixste" else ["out"])
 
 
 def test_a_deviating_file_is_not_written(tmp_path, monkeypatch):
