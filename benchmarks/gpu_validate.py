@@ -38,7 +38,7 @@ def run_case(case, backend, dtype, device="cuda", size="full"):
     start = time.time()
     model = pyengine.load(ref, backend=backend, device=device, dtype=dt, validate=True, cuda_graphs=False)
     x = torch.randn(2, model.frames, 17, 2, generator=torch.Generator().manual_seed(0)).to(device) * 0.3
-    kw = {"return_index": True} if arch == "hot_mixste" else {}
+    kw = {"return_index": True} if pyengine.arch.SPECS[arch].returns_index_on_request else {}
     with torch.no_grad():
         try:
             model(x, **kw)

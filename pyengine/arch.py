@@ -39,6 +39,12 @@ class ArchSpec:
         return self.base or self.name
 
     @property
+    def returns_index_on_request(self):
+        """HoT's published call returns the output only: ``forward(x, index=None, return_index=False)``; the
+        seq2frame TPC models always return ``(out, index)``."""
+        return self.tpc and not self.tpc_center
+
+    @property
     def lifter(self):
         return self.io in ("seq2frame", "seq2seq")
 

@@ -241,7 +241,7 @@ def _run(model, arch, x, index):
     kw = {}
     if index is not None:
         kw["index"] = index
-    if arch == "hot_mixste":
+    if archs.SPECS[arch].returns_index_on_request:
         kw["return_index"] = True
     out = model(x, **kw)
     return out if isinstance(out, tuple) else (out, None)

@@ -61,11 +61,8 @@ def reference_of(model):
 def example_input(ref, arch, batch=2):
     """The shipped walking sample's windows for pose lifters; a random NCHW feature map for the SUSA modules."""
     if hasattr(ref, "frames"):
-        from .verify import sample_windows
-        x = sample_windows(ref.frames, getattr(ref, "n_joints", 17), batch).float()
-        if archs.SPECS[arch].input_channels == 3:  # MotionBERT: x, y and the detector's confidence (1.0 here)
-            x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-        return x
+        from .verify import sample_input
+        return sample_input(arch, ref.frames, getattr(ref, "n_joints", 17), batch)
     channels = getattr(ref, "channels", None) or getattr(ref, "in_channels", None)
     return torch.randn(batch, channels, 64, 48, generator=torch.Generator().manual_seed(0))
 

@@ -57,6 +57,15 @@ def sample_windows(frames, n_joints, batch):
     return torch.from_numpy(np.stack([padded[c:c + frames] for c in centres])).float()
 
 
+
+def sample_input(arch, frames, n_joints, batch):
+    """``sample_windows`` in the layout ``arch`` takes: MotionBERT also reads the detector's confidence as a third
+    channel (1.0 here: the sample is clean)."""
+    x = sample_windows(frames, n_joints, batch).float()
+    if archs.SPECS[arch].input_channels == 3:
+        x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+    return x
+
 def capture(model, names):
     """Register hooks that store each named module's inputs and output; returns (store, handles)."""
     store, handles = {}, []
@@ -80,7 +89,7 @@ def forward(model, arch, x, names, index=None):
     store, handles = capture(model, names)
     try:
         kwargs = {} if index is None else {"index": index}
-        if arch == "hot_mixste":
+        if archs.SPECS[arch].returns_index_on_request:
             kwargs["return_index"] = True
         out = model(x, **kwargs)
     finally:
@@ -143,8 +152,9 @@ def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, d
         x = torch.randn(batch, channels, 16, 12, generator=torch.Generator().manual_seed(seed))
         inputs = "random feature maps [%d, %d, 16, 12]" % (batch, channels)
     else:
-        x = sample_windows(info.config["frames"], info.config["n_joints"], batch)
-        inputs = f"{os.path.basename(DATA)}, {batch} windows of {info.config['frames']} frames"
+        frames, n_joints = model.frames, model.n_joints  # (MotionBERT names them maxlen / num_joints)
+        x = sample_input(info.arch, frames, n_joints, batch)
+        inputs = f"{os.path.basename(DATA)}, {batch} windows of {frames} frames"
     x = x.to(device)
 
     from .nn._common import Fused

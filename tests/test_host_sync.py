@@ -18,12 +18,15 @@ SMALL = {
     "mixste": dict(frames=9, channel=32, depth=2, heads=4),
     "tpc_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=3, layer_index=1),
     "hot_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=5, layer_index=1),
+    "motionbert": dict(dim_feat=32, dim_rep=24, depth=2, num_heads=4, mlp_ratio=2, maxlen=9),
+    "hot_motionbert": dict(dim_feat=32, dim_rep=24, depth=2, num_heads=4, mlp_ratio=2, maxlen=9, token_num=5,
+                           layer_index=1),
     "hsusa": dict(channels=8),
     "hwsusa": dict(channels=8, mode="hw", ln_enable=True, hw_shuffle=True),
     "sx_shuffle_unit": dict(in_channels=16, out_channels=16),
     "px_shuffle_unit": dict(in_channels=16, out_channels=16),
 }
-TPC = ("tpc_mhformer", "tpc_mixste", "hot_mixste")
+TPC = ("tpc_mhformer", "tpc_mixste", "hot_mixste", "hot_motionbert")
 
 
 def _arch(name):
@@ -35,7 +38,9 @@ def _model_and_input(name, backend):
     ref = randomize_(pyengine.arch.MODELS[arch](**SMALL[name]), seed=1).eval()
     model = pyengine.load(ref, backend=backend, device="cpu")
     cfg = SMALL[name]
-    if "frames" in cfg:
+    if "maxlen" in cfg:  # MotionBERT: x, y and the detector's confidence
+        x = torch.cat([torch.randn(2, cfg["maxlen"], 17, 2) * 0.3, torch.rand(2, cfg["maxlen"], 17, 1)], dim=-1)
+    elif "frames" in cfg:
         x = torch.randn(2, cfg["frames"], 17, 2) * 0.3
     else:
         x = torch.randn(2, next(iter(cfg.values())), 7, 5)
@@ -44,7 +49,7 @@ def _model_and_input(name, backend):
 
 def _forward(model, arch, x, index=None):
     kw = {} if index is None else {"index": index}
-    if arch == "hot_mixste":
+    if pyengine.arch.SPECS[arch].returns_index_on_request:
         kw["return_index"] = True
     return model(x, **kw)
 

@@ -19,5 +19,6 @@ def test_cpp_extension_is_built_and_exports_the_kernels():
 
 def test_public_api():
     assert set(pyengine.ARCHS) == {"mhformer", "tpc_mhformer", "mixste", "tpc_mixste", "hot_mixste", "hsusa",
-                                   "wsusa", "hwsusa", "sx_shuffle_unit", "px_shuffle_unit"}
+                                   "wsusa", "hwsusa", "sx_shuffle_unit", "px_shuffle_unit", "motionbert",
+                                   "hot_motionbert"}
     assert callable(pyengine.load) and callable(pyengine.tpc_select) and callable(pyengine.dpc_knn_select)
