@@ -196,6 +196,22 @@ def build_parser():
     v.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the random weights (default 0)")
     _add_config_options(v)
     _add_lift_parser(sub)
+    e = sub.add_parser(
+        "export", epilog=EPILOG, help="write a verified ONNX file of a model (docs/export.md)",
+        description="Export a model's eager reference (with the checkpoint's weights) to ONNX, then run the file in "
+                    "ONNX Runtime against an fp64 eager reference (verify's tolerance rule, two batch sizes); the "
+                    "file is written only if it passes.")
+    e.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--checkpoint", default=None, help="load weights from this .pth/.pt/.bin/.safetensors file")
+    e.add_argument("--random-weights", action="store_true", help="export a model with random weights (a demo)")
+    e.add_argument("--arch", default=None, choices=sorted(_SPECS),
+                   help="architecture; inferred from --checkpoint, default mhformer with --random-weights")
+    e.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of --random-weights (default 0)")
+    e.add_argument("--batch", type=_int_at_least(1), default=2, help="windows in the example input (default 2)")
+    e.add_argument("--static-batch", action="store_true", help="fix the batch axis to --batch (default: symbolic)")
+    e.add_argument("--opset", type=_int_at_least(7), default=18, help="ONNX opset (default 18)")
+    _add_config_options(e)
     # Listed for --help only: main() hands everything after "bench" to pyengine.bench's own parser.
     sub.add_parser("bench", add_help=False, help="time eager PyTorch, torch.compile and pyengine backends side by "
                                                  "side (pyengine bench --help)")
@@ -211,6 +227,8 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         if args.command == "lift":
             return lift_main(args)
+        if args.command == "export":
+            return export_main(args)
         return verify_main(args)
     except KeyboardInterrupt:
         print("pyengine: interrupted", file=sys.stderr)
@@ -240,6 +258,28 @@ def _fail(command, exc):
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     print(f"pyengine {command}: error: {text or type(exc).__name__}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def export_main(args):
+    from .onnx_export import ExportError, export
+
+    try:
+        if (args.checkpoint is None) == (not args.random_weights):
+            raise UsageError("give exactly one of --checkpoint PATH or --random-weights")
+        if not args.output.endswith(".onnx"):
+            raise UsageError(f"-o: expected a file name ending in .onnx, got {args.output!r}")
+        if os.path.exists(args.output) and not args.overwrite:
+            raise UsageError(f"-o: {args.output} exists; pass --overwrite to replace it")
+        args.backend, args.dtype = "reference", "float32"  # what is exported: the eager reference, in fp32
+        model, source = _build_model(args, "cpu")
+        if args.random_weights:
+            print(RANDOM_BANNER.format(seed=args.seed), file=sys.stderr)
+        report = export(model, args.output, batch=args.batch, dynamic_batch=not args.static_batch, opset=args.opset,
+                        overwrite=args.overwrite)
+    except _user_errors() + (ExportError,) as exc:
+        return _fail("export", exc)
+    print(f"{report} [weights: {source}]")
+    return EXIT_OK
 
 
 def verify_main(args):

@@ -121,6 +121,10 @@ def export(model, path, *, example=None, batch=2, dynamic_batch=True, opset=18, 
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".pyengine-export-")
     os.close(fd)
     try:
+        import logging
+        quiet = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -129,6 +133,8 @@ def export(model, path, *, example=None, batch=2, dynamic_batch=True, opset=18, 
                                   dynamo=True, verbose=False, external_data=False)
             except Exception as exc:  # noqa: BLE001 - the exporter's own error, summarised
                 raise ExportError(f"{arch}: torch.onnx.export failed: {_summary(exc)}") from None
+            finally:
+                quiet.setLevel(level)
         sess = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         inputs = [f"{i.name}{i.shape}" for i in sess.get_inputs()]
         outputs = [f"{o.name}{o.shape}" for o in sess.get_outputs()]

@@ -67,3 +67,18 @@ def test_bad_arguments(tmp_path):
         export(model, tmp_path / "m.onnx", batch=0)
     with pytest.raises(ExportError, match=r"model: expected a model returned by pyengine.load .* got Linear"):
         export(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
+
+
+def test_cli_export_writes_a_verified_file_and_refuses_bad_usage(tmp_path, capsys):
+    from pyengine import cli
+    out = tmp_path / "m.onnx"
+    args = ["export", "--random-weights", "--arch", "mixste", "--frames", "9", "--channel", "16", "--depth", "2",
+            "--heads", "4", "-o", str(out)]
+    assert cli.main(args) == 0 and out.exists()
+    text = capsys.readouterr()
+    assert "ONNX Runtime vs fp64 eager" in text.out and "RANDOM WEIGHTS" in text.err
+    for bad, words in [(args, "exists; pass --overwrite"), (args[:-1] + [str(tmp_path / "m.txt")], "ending in .onnx"),
+                       (["export", "-o", str(tmp_path / "n.onnx")], "--checkpoint PATH or --random-weights")]:
+        assert cli.main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1 and "Traceback" not in err
