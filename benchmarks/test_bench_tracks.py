@@ -6,7 +6,7 @@ Rows (group ``tracks <case> P people``): ``per-person`` (P calls of ``lift``, ba
 partly filled last call is saved) and ``batched-wide`` (one ``lift_tracks`` with batch_size 64 x P, capped at
 1024: about P times fewer, larger calls). ``windows`` is P x T (seq2frame: one window per frame), so report.py's
 windows/s compares the rows directly. The people are the shipped walking sample, shifted per person (distinct
-inputs). Sizes: the "small" model config and T = 100 frames on CPU, the published config and T = 300 on CUDA
+inputs). Sizes: the "small" model config and T = 32 frames on CPU, the published config and T = 300 on CUDA
 (docs/benchmarks.md); under --benchmark-disable (CI runs each row once) T = 8.
 Run: ``.venv/bin/python -m pytest benchmarks/test_bench_tracks.py --benchmark-json=out.json``."""
 import os
@@ -55,7 +55,7 @@ def scene(P, T):
 def test_tracks(benchmark, case, people, impl):
     tier = size(benchmark)
     arch, config = pb.case_config(case, tier)
-    T = 8 if benchmark.disabled else 300 if tier == "full" else 100  # CI: each row once, kept cheap
+    T = 8 if benchmark.disabled else 300 if tier == "full" else 32  # CI: each row once, kept cheap
     model = loaded(case, arch, config)
     seqs, tracks = scene(people, T)
     wide = min(DEFAULT_BATCH_SIZE * people, MAX_BATCH)

@@ -77,7 +77,8 @@ import numpy as np
 
 from .data.synth import JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, image_coordinates, normalize_screen
 
-__all__ = ["KeypointError", "Keypoints2D", "Detections", "read_keypoints", "read_detections", "prepare_keypoints", "load_keypoints",
+__all__ = ["KeypointError", "Keypoints2D", "Detections", "read_keypoints", "read_detections", "prepare_keypoints",
+           "load_keypoints",
            "coco_to_h36m", "interpolate_missing", "normalize_screen", "image_coordinates", "JOINT_NAMES",
            "COCO_JOINT_NAMES", "LEFT_JOINTS", "RIGHT_JOINTS", "FORMATS", "DEFAULT_SCORE_THRESHOLD", "check_values",
            "COORD_LIMIT"]

@@ -117,6 +117,14 @@ def test_oks():
     assert oks(a, ok, a, np.zeros((1, 17), dtype=bool))[0, 0] == 0  # no joint in common
 
 
+def test_the_scene_has_crossing_paths():
+    seqs, frames, _ = people()
+    for a, b in [("A", "B"), ("A", "C"), ("B", "C")]:
+        both = np.intersect1d(frames[a], frames[b])
+        dx = seqs[a][both, 0, 0] - seqs[b][both, 0, 0]  # hip x: the left-right order swaps
+        assert dx.min() < 0 < dx.max(), (a, b)
+
+
 def test_tracks_are_recovered_without_track_id(scene_file):
     tracks = build_tracks(scene_file)
     assert tracks.method == "oks"
