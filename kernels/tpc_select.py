@@ -186,7 +186,7 @@ def tpc_select_triton(x: torch.Tensor, keep: int, k: int, center: int, index_tie
 def sm90_cases():
     """Every configuration the launcher can pick: the distance kernel per input dtype, the select kernel per
     FBLOCK (32 .. MAX_F) with and without noise."""
-    from pyengine.compile_check import KernelCase
+    from ._common import KernelCase
 
     cases = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16):

@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not match the architecture it was loaded into."""
+from . import motionbert_ckpt
+from .errors import CheckpointError  # noqa: F401 (pyengine.checkpoint.CheckpointError, as always)
 
 
 def _numpy_random_state_globals():
@@ -205,7 +204,6 @@ def normalize(obj, source="<object>"):
     sd, stripped = _strip_prefix(dict(sd), "module.")
     if stripped:
         notes.append("stripped the DataParallel 'module.' prefix")
-    from . import motionbert_ckpt
     if motionbert_ckpt.is_mmpose(sd):  # MMPose's DSTFormer backbone + MotionRegressionHead (SPEC.md §7)
         sd, note = motionbert_ckpt.from_mmpose(sd)
         fmt = "mmpose-motionbert"

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 
+from pyengine.kernels import kernel_modules  # noqa: F401 (re-exported for the tests)
 from pyengine.kernels._common import KernelCase  # noqa: F401 (the kernels list their cases with it)
 
 # Max dynamic shared memory per block on H100 (sm_90) with the opt-in attribute: 227 KiB.
@@ -181,16 +182,6 @@ def syntax_check_glue(path: str, extra_source: str = None) -> None:
         res = subprocess.run(cmd + [src], capture_output=True, text=True)
     if res.returncode != 0 or res.stderr.strip():
         raise RuntimeError(f"g++ -fsyntax-only failed on {os.path.basename(path)}:\n{res.stderr[-6000:]}")
-
-
-def kernel_modules():
-    """The kernel modules of ``pyengine.kernels`` (every public one)."""
-    import importlib
-    import pkgutil
-
-    import pyengine.kernels as pkg
-    return [importlib.import_module(f"pyengine.kernels.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)
-            if not m.name.startswith("_")]
 
 
 def triton_cases():

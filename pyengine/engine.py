@@ -1,6 +1,5 @@
 """The engine surface: fused model classes per architecture, ``report()``, ``swap`` / ``revert`` of recognised
 submodules inside any model, and first-call validation against the eager reference."""
-import dataclasses
 
 import torch
 from torch import nn
@@ -15,6 +14,7 @@ from .nn import mhformer as fused_mhformer
 from .nn import mixste as fused_mixste
 from .nn import motionbert as fused_motionbert
 from .nn._common import Fused
+from .nn.report import Report, ReportRow, _device_of, report  # noqa: F401 (pyengine.report lives beside the fused modules)
 
 class _FusedTable(dict):
     """``FUSED[arch]``: the fused class of every registered architecture that has one (``pyengine.arch.SPECS``),
@@ -61,76 +61,6 @@ def set_backend(model, backend, allow_tf32=False):
         if type(m) in SUSA_DROP_INS.values():
             m.backend = backend
     return model
-
-@dataclasses.dataclass
-class ReportRow:
-    module: str
-    what: str
-    kernels: str
-    why: str
-
-
-class Report(list):
-    """``model.report()`` and ``pyengine.report(module)`` (the same type from both): one row per part of the model —
-    the module, the kernel per op, what runs — then each distinct reason once (``why``). A list of ``ReportRow``
-    that shows itself as the table (``str`` and ``repr``), so an interactive session prints text either way."""
-
-    def __repr__(self):
-        return self.__str__()
-
-    def __str__(self):
-        w = max([len(r.module) for r in self] + [6])
-        k = max([len(r.kernels) for r in self] + [7])
-        lines = [f"{'module':<{w}}  {'kernels':<{k}}  what"]
-        lines += [f"{r.module:<{w}}  {r.kernels:<{k}}  {r.what}" for r in self]
-        reasons = list(dict.fromkeys(part for r in self for part in r.why.split("\n") if part))
-        if reasons:
-            lines += ["", "why:"] + [f"  {reason}" for reason in reasons]
-        return "\n".join(lines)
-
-
-def _device_of(model):
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-def report(model) -> Report:
-    """What runs where, for a model returned by ``pyengine.load`` (or any module holding fused submodules)."""
-    rows = Report()
-    info = getattr(model, "pyengine", None)
-    device = _device_of(model)
-    fused = [(n, m) for n, m in model.named_modules() if isinstance(m, Fused)]
-    drop_ins = [(n, m) for n, m in model.named_modules() if hasattr(type(m), "report_what")]  # the SUSA family
-    for name, m in drop_ins:
-        impl = m.backend if m.backend != "auto" else ("triton" if device.type == "cuda" else "cpp")
-        kernels = f"susa={impl}"
-        why = [f"{impl}: {dispatch.WHY[impl]}" + (" (auto)" if m.backend == "auto" else "")]
-        if getattr(type(m), "report_dwconv", False) and impl != "reference":  # the folded dwconv between the units' SUSAs
-            dw = "cpp" if impl == "cpp" else "aten"
-            kernels += f" dwconv3x3={dw}"
-            why.append(f"dwconv3x3={dw}: " + ("pyengine C++ kernel (OpenMP)" if dw == "cpp" else "cuDNN depthwise conv"))
-        rows.append(ReportRow(name or "(model)", type(m).report_what, kernels, "\n".join(why)))
-    if not fused and not drop_ins:
-        why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
-        rows.append(ReportRow("(whole model)", type(model).__name__, "reference", f"reference: {why}"))
-    for name, m in fused:
-        choice = m.ops_for(torch.empty(0, device=device)).choice
-        own = [c for c in type(m).__mro__ if issubclass(c, Fused) and c is not Fused]  # fused classes, subclass first
-        for cls in own:
-            for what, ops in cls.__dict__.get("report_parts", {}).items():
-                kern = ", ".join(f"{op}={choice[op].impl}" for op in ops)
-                why = "\n".join(f"{choice[op].impl}: {choice[op].why}" for op in ops)
-                rows.append(ReportRow(name or "(model)", what, kern, why))
-        glue = next((c.__dict__["report_glue"] for c in own if c.__dict__.get("report_glue")), None)
-        if glue and not name:
-            rows.append(ReportRow("(model)", "torch glue: " + glue, "torch", "torch: elementwise glue between fused "
-                                                                              "launches"))
-    graphs = graph_status(model)
-    if graphs is not None:
-        rows.append(ReportRow("(model)", "latency mode: fixed-shape no-grad calls replay a CUDA graph",
-                              "cuda-graph", f"cuda-graph: {graphs}"))
-    return rows
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # swap / revert: replace recognised submodules of any model (pyengine's references or a copy of the published

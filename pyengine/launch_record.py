@@ -183,7 +183,7 @@ class Recording:
 
 
 def _kernel_modules_with_flag():
-    from pyengine.compile_check import kernel_modules
+    from pyengine.kernels import kernel_modules
     return [m for m in kernel_modules() if hasattr(m, "INTERPRETING")]
 
 
@@ -314,7 +314,7 @@ def build_file(forwards=None, log=None):
 def kernel_params():
     """``{kernel: sha256 of its parameter list}`` of every Triton kernel in pyengine.kernels: a recorded
     variant is stale once its kernel's parameters change."""
-    from pyengine.compile_check import kernel_modules
+    from pyengine.kernels import kernel_modules
     out = {}
     for module in kernel_modules():
         for value in vars(module).values():

@@ -14,7 +14,7 @@ Missing / unexpected / mis-shaped keys beyond the ones read here are the strict 
 import math
 import re
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 
 ARCHS = ("motionbert", "hot_motionbert")
 HOT_KEYS = ("pos_embed_token", "x_token")  # plus cross_attention.*

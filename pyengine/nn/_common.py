@@ -5,6 +5,7 @@ from torch import nn
 
 from ..cuda_graphs import tensor_state
 from ..dispatch import Ops
+from .report import report
 
 
 class Fused(nn.Module):
@@ -29,8 +30,7 @@ class Fused(nn.Module):
         return self
 
     def report(self):
-        """What runs where: see ``pyengine.engine.report``."""
-        from ..engine import report
+        """What runs where: see :func:`pyengine.nn.report.report`."""
         return report(self)
 
     def cached(self, name: str, sources, build):
