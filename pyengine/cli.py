@@ -528,7 +528,7 @@ def _write_atomic(out_path, arrays, render_fn, render_path):
 def _common_arrays(model, args, random_weights, source, fps):
     import numpy as np
 
-    from .data.synth import JOINT_NAMES, PARENTS
+    from .skeleton import JOINT_NAMES, PARENTS
     info = model.pyengine
     return dict(joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, dtype=np.int64),
                 arch=np.array(info.arch), config=np.array(json.dumps(info.config, default=str)),
@@ -578,7 +578,7 @@ def _lift_one(model, args, kp, raw, out_path, random_weights):
     """Lift one prepared input and write its .npz (and --render) atomically: complete files or none."""
     import numpy as np
 
-    from .data.synth import JOINT_NAMES, PARENTS
+    from .skeleton import JOINT_NAMES, PARENTS
     from .lift import lift
 
     if kp is None:

@@ -75,7 +75,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data.synth import JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, image_coordinates, normalize_screen
+from .skeleton import JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, image_coordinates, normalize_screen
 
 __all__ = ["KeypointError", "Keypoints2D", "Detections", "read_keypoints", "read_detections", "prepare_keypoints",
            "load_keypoints",

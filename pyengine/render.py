@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from .data.synth import LEFT_JOINTS, PARENTS, RIGHT_JOINTS
+from .skeleton import LEFT_JOINTS, PARENTS, RIGHT_JOINTS
 
 FORMATS = (".gif", ".mp4")
 PROGRESS_MIN_FRAMES = 50  # progress=None shows a bar from this many drawn frames on
