@@ -15,6 +15,7 @@ import math
 import re
 
 from .errors import CheckpointError
+from .shapes import block_indices as _indices, key_shape as _shape, vote as _vote
 
 ARCHS = ("motionbert", "hot_motionbert")
 HOT_KEYS = ("pos_embed_token", "x_token")  # plus cross_attention.*
@@ -113,39 +114,6 @@ def signature_motionbert(sd):
     """``ArchSpec.signature``: the reason when ``sd``'s keys are DSTformer's (and not HoT's), else None."""
     found = detect(sd)
     return found[1] if found and found[0] == "motionbert" else None
-
-
-def _shape(sd, key, arch):
-    if key not in sd:
-        raise CheckpointError(f"arch {arch!r}: the checkpoint has no key {key!r}, which this architecture needs "
-                              f"to infer its shape")
-    return tuple(sd[key].shape)
-
-
-def _vote(sd, arch, name, sources):
-    """A hyperparameter several keys' shapes give: ``sources = [(key, dim), ...]``, the first key required. All
-    present keys must agree; a minority is reported as mis-shaped, a tie as a disagreement."""
-    _shape(sd, sources[0][0], arch)
-    seen = [(k, d, tuple(sd[k].shape)) for k, d in sources if k in sd]
-    values = [shape[d] if len(shape) > d else None for _, d, shape in seen]
-    if len(set(values)) == 1 and values[0] is not None:
-        return values[0]
-    counts = {v: values.count(v) for v in values if v is not None}
-    best = max(counts.values()) if counts else 0
-    winners = [v for v, c in counts.items() if c == best]
-    if len(winners) == 1 and best > 1:
-        odd = [f"{k!r} of shape {list(s)}" for (k, _, s), v in zip(seen, values) if v != winners[0]]
-        agree = [repr(k) for (k, _, _), v in zip(seen, values) if v == winners[0]]
-        raise CheckpointError(f"arch {arch!r}: mis-shaped key(s) {', '.join(odd)}: {best} other keys "
-                              f"({', '.join(agree)}) give {name}={winners[0]}; the checkpoint is damaged or edited")
-    raise CheckpointError(f"arch {arch!r}: the keys disagree on {name}: "
-                          + ", ".join(f"{k!r} has shape {list(s)}" for k, _, s in seen)
-                          + "; a key is mis-shaped (damaged or edited checkpoint)")
-
-
-def _indices(sd, prefix):
-    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
-    return {int(m.group(1)) for k in sd if (m := pat.match(k))}
 
 
 def mlp_ratio_for(dim_feat: int, hidden: int):
