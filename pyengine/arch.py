@@ -33,6 +33,9 @@ class ArchSpec:
     tpc_center: bool = False  # the selection always keeps the centre frame (seq2frame TPC)
     input_channels: int = 2  # pose input [B, F, J, input_channels] (2: x, y; 3: x, y, confidence)
     watched: Tuple = ()  # (regex on module names, kind) of the modules ``pyengine verify`` reports
+    # Keys of the published args namespace the model reads but that must equal another hyperparameter (accepted
+    # when equal, an error otherwise), e.g. MixSTE's out_joints == n_joints.
+    tied_config: dict = dataclasses.field(default_factory=dict)
     bench_cases: Tuple = ()  # pyengine.bench.CASES names
 
     @property
@@ -261,9 +264,10 @@ def resolve(sd, arch=None, config=None):
             raise CheckpointError(f"arch={arch!r} was given, but the checkpoint's keys belong to {detected!r}: {why}")
         reason = "given by arch="
     allowed = constructor_args(arch)
-    unknown = sorted(set(config) - set(allowed))
+    tied = SPECS[arch].tied_config  # keys of the published args namespace that must equal another hyperparameter
+    unknown = sorted(set(config) - set(allowed) - set(tied))
     if unknown:
-        raise ValueError(f"config: unknown keys {unknown} for arch {arch!r}; accepted: {sorted(allowed)}")
+        raise ValueError(f"config: unknown keys {unknown} for arch {arch!r}; accepted: {sorted(set(allowed) | set(tied))}")
     kwargs = dict(allowed)
     for name, (value, evidence) in infer(arch, sd).items():
         if name in config and config[name] != value:
@@ -271,7 +275,13 @@ def resolve(sd, arch=None, config=None):
                                   f"{name}={value!r} (arch {arch!r}, {reason})")
         kwargs[name] = value
     for name, value in config.items():
-        kwargs[name] = value
+        if name not in tied:
+            kwargs[name] = value
+    for name, other in tied.items():
+        if name in config and config[name] != kwargs[other]:
+            raise ValueError(f"config: {name}={config[name]!r}: arch {arch!r} outputs every input joint, so {name} "
+                             f"must equal {other}={kwargs[other]!r} (the published training script's namespace "
+                             f"carries it; only an equal value is accepted)")
     return arch, kwargs, reason
 
 
@@ -339,15 +349,20 @@ for _spec in (
     ArchSpec("tpc_mhformer", M.TPCMHFormer, "pyengine.nn.mhformer:TPCMHFormer", _infer_mhformer, base="mhformer",
              io="seq2frame", tpc=True, tpc_center=True, watched=_MHF_WATCHED, bench_cases=("tpc_mhformer-351",)),
     ArchSpec("hot_mixste", M.HoTMixSTE, "pyengine.nn.mixste:HoTMixSTE", _infer_mixste, _sig_hot_mixste,
-             tpc=True, watched=_MIX_WATCHED, bench_cases=("hot_mixste-243",)),
+             tpc=True, watched=_MIX_WATCHED, bench_cases=("hot_mixste-243",),
+             tied_config={"out_joints": "n_joints"}),
     ArchSpec("mixste", M.MixSTE, "pyengine.nn.mixste:MixSTE", _infer_mixste, _sig_mixste, watched=_MIX_WATCHED,
-             bench_cases=("mixste-243",)),
+             bench_cases=("mixste-243",),
+             tied_config={"out_joints": "n_joints"}),
     ArchSpec("tpc_mixste", M.TPCMixSTE, "pyengine.nn.mixste:TPCMixSTE", _infer_mixste, base="mixste",
-             io="seq2frame", tpc=True, tpc_center=True, watched=_MIX_WATCHED),
+             io="seq2frame", tpc=True, tpc_center=True, watched=_MIX_WATCHED,
+             tied_config={"out_joints": "n_joints"}),
     ArchSpec("hot_motionbert", M.HoTMotionBERT, "pyengine.nn.motionbert:HoTMotionBERT", motionbert_ckpt.infer,
-             motionbert_ckpt.signature_hot_motionbert, tpc=True, input_channels=3),
+             motionbert_ckpt.signature_hot_motionbert, tpc=True, input_channels=3,
+             bench_cases=("hot_motionbert-243",)),
     ArchSpec("motionbert", M.MotionBERT, "pyengine.nn.motionbert:MotionBERT", motionbert_ckpt.infer,
-             motionbert_ckpt.signature_motionbert, input_channels=3),
+             motionbert_ckpt.signature_motionbert, input_channels=3,
+             bench_cases=("motionbert-243", "motionbert_lite-243")),
     ArchSpec("px_shuffle_unit", M.PXShuffleUnit, "pyengine.nn.susa:PXShuffleUnit", _infer_unit, _sig_px,
              io="feature_map", watched=_SUSA_WATCHED),
     ArchSpec("sx_shuffle_unit", M.SXShuffleUnit, "pyengine.nn.susa:SXShuffleUnit", _infer_unit, _sig_sx,

@@ -154,6 +154,8 @@ _LEGACY_MHFORMER = [
     (re.compile(r"^trans_auto_(\d)\.Temporal_pos_embed$"), r"Transformer_encoder_\1.pos_embed"),
     (re.compile(r"^trans_auto_(\d)\.Temporal_norm\."), r"Transformer_encoder_\1.norm."),
     (re.compile(r"^trans_auto_(\d)\."), r"Transformer_encoder_\1."),
+    (re.compile(r"^Transformer\.Temporal_pos_embed_(\d)$"), r"Transformer_hypothesis.pos_embed_\1"),
+    (re.compile(r"^Transformer\.Temporal_norm\."), "Transformer_hypothesis.norm."),
     (re.compile(r"^Transformer\.blocks\."), "Transformer_hypothesis.SHR_blocks."),
     (re.compile(r"^Transformer\.part_blocks\."), "Transformer_hypothesis.CHI_blocks."),
     (re.compile(r"^Transformer\."), "Transformer_hypothesis."),
@@ -161,7 +163,18 @@ _LEGACY_MHFORMER = [
 ]
 
 
-def _rename_legacy_mhformer(sd):
+_NEW_MHFORMER = re.compile(r"^(Transformer_encoder_\d|Transformer_hypothesis|embedding_\d|regression)\.")
+
+
+def _rename_legacy_mhformer(sd, source="<object>"):
+    """SPEC.md §6's whole old -> new mapping; a checkpoint that mixes old and new names is an error."""
+    new_names = sorted(k for k in sd if _NEW_MHFORMER.match(k))
+    if new_names:
+        old = sorted(k for k in sd if k.startswith(("trans_auto_", "Transformer.", "fcn.")) or
+                     re.match(r"^encoder_\d\.", k))
+        raise CheckpointError(f"checkpoint {source}: mixes MHFormer's legacy (pre-May 2022) key names (e.g. "
+                              f"{old[:3]}) with the current ones (e.g. {new_names[:3]}); a checkpoint holds one "
+                              f"or the other")
     # encoder_k was nn.Sequential(Conv1d) (so encoder_k.0 = embedding_k) or, at F <= 27, the
     # Conv1d -> BatchNorm -> ... sequence whose indices match embedding_k's.
     bn_embedding = any(re.match(r"^encoder_\d\.1\.", k) for k in sd)
@@ -219,7 +232,7 @@ def normalize(obj, source="<object>"):
         if stripped:
             notes.append("stripped the mmcv 'backbone.' prefix")
     if any(k.startswith(("trans_auto_", "Transformer.", "fcn.")) or re.match(r"^encoder_\d\.", k) for k in sd):
-        sd = _rename_legacy_mhformer(sd)
+        sd = _rename_legacy_mhformer(sd, source)
         fmt += "+legacy-mhformer"
         notes.append("renamed MHFormer's legacy (pre-May 2022) keys to the published names")
     return Checkpoint(sd, fmt, source, notes)

@@ -85,10 +85,13 @@ def test_hot_mixste_infers_token_num_from_shapes(tmp_path):
         pyengine.load(path, token_num=81)
 
 
-def test_legacy_mhformer_names(tmp_path):
-    model = small_mhformer(81)
+def legacy_names(sd):
+    """SPEC.md §6's whole new -> old mapping (the inverse of what pyengine.load applies)."""
     legacy = {}
-    for k, v in model.state_dict().items():
+    for k, v in sd.items():
+        for i in (1, 2, 3):
+            k = k.replace(f"Transformer_hypothesis.pos_embed_{i}", f"Transformer.Temporal_pos_embed_{i}")
+        k = k.replace("Transformer_hypothesis.norm.", "Transformer.Temporal_norm.")
         k = k.replace("Transformer_hypothesis.SHR_blocks.", "Transformer.blocks.")
         k = k.replace("Transformer_hypothesis.CHI_blocks.", "Transformer.part_blocks.")
         k = k.replace("Transformer_hypothesis.", "Transformer.")
@@ -99,7 +102,15 @@ def test_legacy_mhformer_names(tmp_path):
             k = k.replace(f"Transformer_encoder_{i}.", f"trans_auto_{i}.")
             k = k.replace(f"embedding_{i}.", f"encoder_{i}.0.")
         legacy[k] = v
+    return legacy
+
+
+def test_legacy_mhformer_names(tmp_path):
+    model = small_mhformer(81)
+    legacy = legacy_names(model.state_dict())
     assert "trans_auto_1.Temporal_pos_embed" in legacy and "Transformer.part_blocks.0.norm3_11.weight" in legacy
+    assert "Transformer.Temporal_norm.weight" in legacy and "Transformer.Temporal_pos_embed_2" in legacy
+    assert not any(k.startswith(("Transformer_", "embedding_", "regression.")) for k in legacy)
     torch.save(legacy, tmp_path / "old.pth")
     loaded = pyengine.load(tmp_path / "old.pth", device="cpu")
     assert "legacy" in loaded.pyengine.format
@@ -108,10 +119,27 @@ def test_legacy_mhformer_names(tmp_path):
 
 def test_legacy_mhformer_bn_embedding(tmp_path):
     model = small_mhformer(27)
-    legacy = {k.replace("embedding_", "encoder_").replace("regression.", "fcn."): v
-              for k, v in model.state_dict().items()}
+    legacy = {k.replace("encoder_1.0.0.", "encoder_1.0.").replace("encoder_2.0.0.", "encoder_2.0.")
+              .replace("encoder_3.0.0.", "encoder_3.0.").replace("encoder_1.0.1.", "encoder_1.1.")
+              .replace("encoder_2.0.1.", "encoder_2.1.").replace("encoder_3.0.1.", "encoder_3.1."): v
+              for k, v in legacy_names(model.state_dict()).items()}  # Conv1d -> BatchNorm: encoder_k.{0,1}
     loaded = pyengine.load(legacy, device="cpu")
     assert_same_outputs(model, loaded, poses(1, 27))
+
+
+def test_mixed_legacy_and_current_mhformer_names_are_an_error():
+    sd = dict(small_mhformer(81).state_dict())
+    sd["fcn.1.weight"] = sd.pop("regression.1.weight")
+    with pytest.raises(pyengine.CheckpointError, match=r"mixes MHFormer's legacy .* with the current ones"):
+        pyengine.load(sd)
+
+
+def test_published_args_namespace_keys_are_accepted_when_they_agree():
+    model = small_mixste(cls=HoTMixSTE, token_num=9, layer_index=1)
+    loaded = pyengine.load(model.state_dict(), device="cpu", layer_index=1, n_joints=17, out_joints=17)
+    assert loaded.pyengine.arch == "hot_mixste" and "out_joints" not in loaded.pyengine.config
+    with pytest.raises(ValueError, match=r"out_joints=16: .* must equal n_joints=17"):
+        pyengine.load(model.state_dict(), layer_index=1, out_joints=16)
 
 
 def test_safetensors(tmp_path):
