@@ -26,6 +26,7 @@ from .arch import SPECS as _SPECS
 # ---------------------------------------------------------------------------------------------------------------
 _SMALL_MHF = dict(channel=64, d_hid=128)
 _SMALL_MIX = dict(frames=81, channel=32, depth=2)
+_SMALL_MB = dict(maxlen=81, dim_feat=32, dim_rep=32, depth=2)  # MotionBERT: same frames as the small MixSTE
 CASES = {  # name -> (arch, full config, small config); listed in priority order (a time budget cuts the tail)
     "mhformer-351": ("mhformer", dict(frames=351), dict(frames=351, **_SMALL_MHF)),
     "tpc_mhformer-351": ("tpc_mhformer", dict(frames=351, token_num=117, layer_index=1),
@@ -33,20 +34,27 @@ CASES = {  # name -> (arch, full config, small config); listed in priority order
     "mixste-243": ("mixste", dict(frames=243), dict(_SMALL_MIX)),
     "hot_mixste-243": ("hot_mixste", dict(frames=243, token_num=81, layer_index=3),
                        dict(token_num=27, layer_index=1, **_SMALL_MIX)),
+    "motionbert-243": ("motionbert", dict(dim_feat=512, mlp_ratio=2, maxlen=243), dict(mlp_ratio=2, **_SMALL_MB)),
+    "motionbert_lite-243": ("motionbert", dict(dim_feat=256, mlp_ratio=4, maxlen=243),
+                            dict(mlp_ratio=4, **_SMALL_MB)),
+    "hot_motionbert-243": ("hot_motionbert", dict(maxlen=243, token_num=81, layer_index=1),
+                           dict(mlp_ratio=4, token_num=27, layer_index=1, **_SMALL_MB)),
     "mhformer-243": ("mhformer", dict(frames=243), dict(frames=243, **_SMALL_MHF)),
     "mhformer-81": ("mhformer", dict(frames=81), dict(frames=81, **_SMALL_MHF)),
     "mhformer-27": ("mhformer", dict(frames=27), dict(frames=27, **_SMALL_MHF)),
 }
 # `pyengine bench --arch A` starts from this case's config (then applies the user's overrides).
 ARCH_DEFAULT_CASE = {"mhformer": "mhformer-351", "tpc_mhformer": "tpc_mhformer-351", "mixste": "mixste-243",
-                     "hot_mixste": "hot_mixste-243", "tpc_mixste": None}
+                     "hot_mixste": "hot_mixste-243", "tpc_mixste": None, "motionbert": "motionbert-243",
+                     "hot_motionbert": "hot_motionbert-243"}
 _TPC_MIXSTE = (dict(frames=243, token_num=61, layer_index=7), dict(token_num=27, layer_index=1, **_SMALL_MIX))
 SEQ2FRAME = tuple(n for n, s in _SPECS.items() if s.io == "seq2frame")  # one output frame per window at evaluation
 # Windows per call: latency (1 and 2 windows) and throughput (a large batch; smaller at the small sizes).
 LATENCY_BATCHES = (1, 2)
 THROUGHPUT_BATCH = {"full": {"mhformer": 256, "tpc_mhformer": 256, "mixste": 32, "hot_mixste": 32,
-                             "tpc_mixste": 32},
-                    "small": {"mhformer": 8, "tpc_mhformer": 8, "mixste": 8, "hot_mixste": 8, "tpc_mixste": 8}}
+                             "tpc_mixste": 32, "motionbert": 32, "hot_motionbert": 32},
+                    "small": {"mhformer": 8, "tpc_mhformer": 8, "mixste": 8, "hot_mixste": 8, "tpc_mixste": 8,
+                              "motionbert": 8, "hot_motionbert": 8}}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
 PYENGINE_BACKENDS = ("reference", "triton", "cuda", "cpp")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 
 import torch
 
@@ -20,9 +21,10 @@ from .arch import SPECS as _SPECS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_INTS = ("frames", "channel", "d_hid", "layers", "depth", "heads", "token_num", "layer_index",
-               "channels", "in_channels", "out_channels")
-# The registry's lifters that take x, y (pyengine.lift's windows); MotionBERT's confidence channel is not wired yet.
-LIFT_ARCHS = tuple(sorted(n for n, s in _SPECS.items() if s.lifter and s.input_channels == 2))
+               "channels", "in_channels", "out_channels", "dim_feat", "dim_rep", "num_heads", "maxlen")
+CONFIG_NUMBERS = ("mlp_ratio",)  # MotionBERT's MLP width factor: an int (2, 4) or a float, as published
+# Every registry lifter (pyengine.lift feeds MotionBERT's confidence channel from the keypoint scores).
+LIFT_ARCHS = tuple(sorted(n for n, s in _SPECS.items() if s.lifter))
 EPILOG = "exit codes: 0 success, 1 a check failed (verify), 2 bad usage or bad input, 3 internal error (a bug)"
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 AT_LEAST_0 = ("layer_index",)  # a block index; the other config integers count things (at least 1)
@@ -67,6 +69,17 @@ _unit_interval = _float_in(0.0, 1.0, False, "a number in [0, 1]")
 _open_unit_interval = _float_in(0.0, 1.0, True, "a number in (0, 1]")
 
 
+def _positive_number(text):
+    """An int when ``text`` is one (``--mlp-ratio 4`` stays the published int), else a positive finite float."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = _positive_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
 TRACK_OPTIONS = {"min_oks": "--min-oks", "max_gap": "--max-gap", "min_length": "--min-track-length"}
 
 
@@ -74,6 +87,9 @@ def _add_config_options(p):
     for name in CONFIG_INTS:
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=_int_at_least(0 if name in AT_LEAST_0 else 1),
                        default=None, help=f"hyperparameter {name} (published name)")
+    for name in CONFIG_NUMBERS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive_number, default=None,
+                       help=f"hyperparameter {name} (published name)")
     p.add_argument("--tie-break", dest="tie_break", default=None, choices=["index", "strict"],
                    help="TPC density tie rule (default index)")
 
@@ -274,7 +290,8 @@ def verify_main(args):
     from . import verify
     from .load import check_device
 
-    config = {k: getattr(args, k) for k in CONFIG_INTS + ("tie_break",) if getattr(args, k) is not None}
+    config = {k: getattr(args, k) for k in CONFIG_INTS + CONFIG_NUMBERS + ("tie_break",)
+              if getattr(args, k) is not None}
     arch = args.arch
     try:
         check_device(args.device, "--device")
@@ -431,7 +448,8 @@ def _build_model(args, device):
     from .load import load
     from .testing import randomize_
 
-    config = {k: getattr(args, k) for k in CONFIG_INTS + ("tie_break",) if getattr(args, k) is not None}
+    config = {k: getattr(args, k) for k in CONFIG_INTS + CONFIG_NUMBERS + ("tie_break",)
+              if getattr(args, k) is not None}
     dtype = DTYPES[args.dtype]
     if args.checkpoint is not None:
         return load(args.checkpoint, arch=args.arch, backend=args.backend, dtype=dtype, device=device,
@@ -449,9 +467,9 @@ def _build_model(args, device):
 
 
 def _read_one(args, path):
-    """Read and prepare one input (every check of the data): ``(keypoints [T, 17, 2], Keypoints2D)``, or
-    ``(None, Tracks)`` for several people (an MMPose .json with several instances in a frame or several
-    track_ids, or --multi-person)."""
+    """Read and prepare one input (every check of the data): ``(keypoints [T, 17, 2], confidence [T, 17] or None,
+    Keypoints2D)``, or ``(None, None, Tracks)`` for several people (an MMPose .json with several instances in a
+    frame or several track_ids, or --multi-person)."""
     from .keypoints import DEFAULT_SCORE_THRESHOLD, load_keypoints, read_detections
 
     threshold = DEFAULT_SCORE_THRESHOLD if args.score_threshold is None else args.score_threshold
@@ -469,17 +487,18 @@ def _read_one(args, path):
                                   score_threshold=threshold, interpolate=args.interpolate, **tracking)
             if not tracks.segments:
                 raise UsageError(" ".join(tracks.summary()) + "; nothing to lift (lower --min-track-length?)")
-            return None, tracks
+            return None, None, tracks
     if tracking:
         flags = " ".join(TRACK_OPTIONS[k] for k in tracking)
         raise UsageError(f"{flags}: apply to several people per frame; {path} has one person per frame (pass "
                          f"--multi-person to track it anyway)")
-    kp, raw = load_keypoints(path, width=args.width, height=args.height, normalized=args.normalized or None,
-                             score_threshold=threshold, interpolate=args.interpolate, format=args.format,
-                             layout=args.layout, subject=args.subject, action=args.action, camera=args.camera)
+    kp, confidence, raw = load_keypoints(
+        path, width=args.width, height=args.height, normalized=args.normalized or None, score_threshold=threshold,
+        interpolate=args.interpolate, format=args.format, layout=args.layout, subject=args.subject,
+        action=args.action, camera=args.camera, return_confidence=True)
     if args.score_threshold is not None and raw.scores is None:
         raise UsageError(f"--score-threshold {args.score_threshold:g}: {raw.source} has no keypoint scores")
-    return kp, raw
+    return kp, confidence, raw
 
 
 def _partial(path):
@@ -513,7 +532,13 @@ def _write_atomic(out_path, arrays, render_fn, render_path):
                 os.remove(tmp)
 
 
-def _common_arrays(model, args, random_weights, source, fps):
+def _print_notes(notes):
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {note}")
+
+
+def _common_arrays(model, args, random_weights, source, fps, notes=()):
     import numpy as np
 
     from .skeleton import JOINT_NAMES, PARENTS
@@ -521,7 +546,8 @@ def _common_arrays(model, args, random_weights, source, fps):
     return dict(joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, dtype=np.int64),
                 arch=np.array(info.arch), config=np.array(json.dumps(info.config, default=str)),
                 backend=np.array(info.backend), flip=np.array(args.flip), random_weights=np.array(random_weights),
-                source=np.array(source), fps=np.array(np.nan if fps is None else fps))
+                source=np.array(source), fps=np.array(np.nan if fps is None else fps),
+                notes=np.array(json.dumps(list(notes))))
 
 
 def _lift_tracks_one(model, args, tracks, out_path, random_weights):
@@ -533,8 +559,11 @@ def _lift_tracks_one(model, args, tracks, out_path, random_weights):
     for line in tracks.summary():
         print(line)
     start = time.perf_counter()
-    res = lift_tracks(model, tracks, flip=args.flip, batch_size=args.batch_size, progress=args.progress)
+    with warnings.catch_warnings():  # its notes are printed below and saved in the .npz
+        warnings.simplefilter("ignore", UserWarning)
+        res = lift_tracks(model, tracks, flip=args.flip, batch_size=args.batch_size, progress=args.progress)
     seconds = time.perf_counter() - start
+    _print_notes(res.notes)
     info = model.pyengine
     tracking = dict(method=tracks.method, **tracks.params, skipped=tracks.skipped,
                     skipped_instances=tracks.skipped_instances,
@@ -544,7 +573,8 @@ def _lift_tracks_one(model, args, tracks, out_path, random_weights):
     arrays = dict(positions_3d=res.positions_3d, keypoints_2d=res.keypoints_2d, valid=res.valid,
                   detected=res.detected, track_ids=res.track_ids, frame_ids=res.frame_ids.astype(np.int64),
                   multi_person=np.array(True), tracking=np.array(json.dumps(tracking)),
-                  **_common_arrays(model, args, random_weights, tracks.source, tracks.fps))
+                  **({} if res.confidence is None else dict(confidence=res.confidence)),
+                  **_common_arrays(model, args, random_weights, tracks.source, tracks.fps, res.notes))
     fps = args.render_fps or tracks.fps or 25.0
 
     def draw(tmp):
@@ -562,17 +592,24 @@ def _lift_tracks_one(model, args, tracks, out_path, random_weights):
     return res
 
 
-def _lift_one(model, args, kp, raw, out_path, random_weights):
+def _lift_one(model, args, kp, confidence, raw, out_path, random_weights):
     """Lift one prepared input and write its .npz (and --render) atomically: complete files or none."""
     import numpy as np
 
-    from .skeleton import JOINT_NAMES, PARENTS
-    from .lift import lift
+    from .lift import NO_SCORES_NOTE, input_channels, lift
 
     if kp is None:
         return _lift_tracks_one(model, args, raw, out_path, random_weights)
+    notes, extra = [], {}
+    if input_channels(model) == 3:  # x, y, confidence (MotionBERT); filled keypoints have confidence 0
+        if confidence is None:
+            notes.append(NO_SCORES_NOTE.format(source=raw.source, arch=model.pyengine.arch))
+            confidence = np.ones(kp.shape[:2], dtype=np.float32)
+        extra = dict(confidence=confidence)
+    _print_notes(notes)
     start = time.perf_counter()
-    pos = lift(model, kp, flip=args.flip, batch_size=args.batch_size, progress=args.progress)
+    pos = lift(model, kp, flip=args.flip, batch_size=args.batch_size, progress=args.progress,
+               confidence=extra.get("confidence"))
     seconds = time.perf_counter() - start
     info = model.pyengine
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
@@ -580,10 +617,7 @@ def _lift_one(model, args, kp, raw, out_path, random_weights):
     try:
         tmp = _partial(out_path)
         np.savez(tmp, positions_3d=pos, keypoints_2d=kp, frame_ids=np.asarray(raw.frame_ids, dtype=np.int64),
-                 joint_names=np.array(JOINT_NAMES), parents=np.array(PARENTS, dtype=np.int64),
-                 arch=np.array(info.arch), config=np.array(json.dumps(info.config, default=str)),
-                 backend=np.array(info.backend), flip=np.array(args.flip), random_weights=np.array(random_weights),
-                 source=np.array(raw.source), fps=np.array(np.nan if raw.fps is None else raw.fps))
+                 **extra, **_common_arrays(model, args, random_weights, raw.source, raw.fps, notes))
         written.append((tmp, out_path))
         if args.render:
             from .render import render
@@ -642,8 +676,8 @@ def lift_main(args):
                 print(f"model: {info.arch} ({', '.join(f'{k}={v}' for k, v in info.config.items())}); weights: "
                       f"{source}; backend {info.backend} (kernels {ran}); {args.dtype} on {device}"
                       + (f"; {ctx.world_size} ranks" if ctx.distributed else ""))
-            for kp, raw, out_path in prepared:
-                _lift_one(model, args, kp, raw, out_path, args.random_weights)
+            for kp, confidence, raw, out_path in prepared:
+                _lift_one(model, args, kp, confidence, raw, out_path, args.random_weights)
         except _user_errors() as exc:
             code = _fail("lift", exc)
     if ctx is not None and ctx.distributed:

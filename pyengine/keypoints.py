@@ -79,7 +79,8 @@ from .skeleton import JOINT_NAMES, LEFT_JOINTS, RIGHT_JOINTS, image_coordinates,
 
 __all__ = ["KeypointError", "Keypoints2D", "Detections", "read_keypoints", "read_detections", "prepare_keypoints",
            "load_keypoints",
-           "coco_to_h36m", "interpolate_missing", "normalize_screen", "image_coordinates", "JOINT_NAMES",
+           "coco_to_h36m", "interpolate_missing", "check_confidence", "normalize_screen", "image_coordinates",
+           "JOINT_NAMES",
            "COCO_JOINT_NAMES", "LEFT_JOINTS", "RIGHT_JOINTS", "FORMATS", "DEFAULT_SCORE_THRESHOLD", "check_values",
            "COORD_LIMIT"]
 
@@ -690,8 +691,23 @@ def check_values(x, source="keypoints", *, pixels=None, width=None, height=None,
                         f"treating them as normalised")
 
 
+def check_confidence(confidence, source="confidence", *, frame_ids=None):
+    """The confidence channel of a 3-channel lifter (MotionBERT, SPEC.md §7: the detector's confidence in
+    [0, 1]) -> float32 ``[T, 17]``; a value outside [0, 1] (or NaN) is a ``KeypointError`` naming the frame and
+    joint. Not applied to 2-channel lifters, which only compare scores with ``score_threshold``."""
+    c = np.asarray(confidence, dtype=np.float64)
+    bad = ~((c >= 0) & (c <= 1))
+    if bad.any():
+        t, j = map(int, np.argwhere(bad)[0])
+        frame = int(frame_ids[t]) if frame_ids is not None else t
+        raise KeypointError(f"{source}: frame {frame} {_joint_label(j)}: score {c[t, j]:g}; a confidence lifter "
+                            f"(MotionBERT) takes scores in [0, 1] ({int(bad.sum())} outside)")
+    return c.astype(np.float32)
+
+
 def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=None,
-                      score_threshold=DEFAULT_SCORE_THRESHOLD, interpolate=False, source=None):
+                      score_threshold=DEFAULT_SCORE_THRESHOLD, interpolate=False, source=None,
+                      return_confidence=False):
     """Validate, fill and normalise keypoints for the lifters: -> float32 ``[T, 17, 2]`` in the screen space of
     SPEC.md §4 (``X / w * 2 - [1, h / w]``).
 
@@ -705,6 +721,9 @@ def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=No
     interpolate: fill missing keypoints (NaN or low score) and absent frames linearly in time; otherwise they raise
         KeypointError.
     source: what to call the keypoints in messages (default: the file, or "keypoints").
+    return_confidence: also return the confidence channel of 3-channel lifters (MotionBERT): ``(keypoints,
+        confidence)``, confidence float32 ``[T, 17]`` = the scores, 0.0 where a keypoint was filled (its position is
+        not a detection), or None when there are no scores (range: ``check_confidence``).
     Every normalised coordinate must be finite and within ``[-COORD_LIMIT, COORD_LIMIT]`` (``check_values``).
     """
     if isinstance(score_threshold, (bool, np.bool_)) or not isinstance(score_threshold, (int, float, np.number)) \
@@ -769,19 +788,25 @@ def prepare_keypoints(kp, *, width=None, height=None, normalized=None, scores=No
                 f"{len(xy)} frames, first (frame, joint): {where}; pass interpolate=True (CLI: --interpolate) to "
                 f"fill them linearly in time")
         xy = interpolate_missing(xy, missing)
+    confidence = None
+    if return_confidence and scores is not None:
+        confidence = np.where(missing, 0.0, scores).astype(np.float32)
     if normalized:
         check_values(xy, source, frame_ids=frame_ids)
-        return xy.astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):  # huge values are reported by check_values, not warned about
-        x = normalize_screen(xy, width, height)
-    check_values(x, source, pixels=xy, width=width, height=height, frame_ids=frame_ids)
-    return x.astype(np.float32)
+        x = xy
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values are reported by check_values, not warned
+            x = normalize_screen(xy, width, height)
+        check_values(x, source, pixels=xy, width=width, height=height, frame_ids=frame_ids)
+    return (x.astype(np.float32), confidence) if return_confidence else x.astype(np.float32)
 
 
 def load_keypoints(path, *, width=None, height=None, normalized=None, score_threshold=DEFAULT_SCORE_THRESHOLD,
-                   interpolate=False, **read_options):
+                   interpolate=False, return_confidence=False, **read_options):
     """``read_keypoints`` then ``prepare_keypoints``: returns ``(keypoints [T, 17, 2] float32 normalised,
-    Keypoints2D as read)``. ``read_options``: format, layout, subject, action, camera."""
+    Keypoints2D as read)``, or ``(keypoints, confidence, Keypoints2D)`` with ``return_confidence`` (see
+    ``prepare_keypoints``). ``read_options``: format, layout, subject, action, camera."""
     kp = read_keypoints(path, **read_options)
-    return prepare_keypoints(kp, width=width, height=height, normalized=normalized,
-                             score_threshold=score_threshold, interpolate=interpolate), kp
+    out = prepare_keypoints(kp, width=width, height=height, normalized=normalized, score_threshold=score_threshold,
+                            interpolate=interpolate, return_confidence=return_confidence)
+    return (*out, kp) if return_confidence else (out, kp)

@@ -7,33 +7,48 @@ Models are any ``nn.Module`` with the reference models' call signature, in eval 
   it (frame ``t`` sits at window position ``c = (F-1)//2``), edge-padded by repeating the first / last frame; the
   output at the centre is kept. TPC models return ``(out [B, token_num, J, 3], index)`` covering only the kept
   frames (the centre frame is always kept), so the centre is found in ``index``.
-* seq2seq (``mixste``, ``hot_mixste``): consecutive chunks of F frames, the last chunk edge-padded with the last
-  frame and its output trimmed.
+* seq2seq (``mixste``, ``hot_mixste``, ``motionbert``, ``hot_motionbert``; F = ``maxlen`` for MotionBERT):
+  consecutive chunks of F frames, the last chunk edge-padded with the last frame and its output trimmed (so every
+  call sees exactly F frames, which HoT-MotionBERT requires).
+
+Confidence lifters (``SPECS[arch].input_channels == 3``: MotionBERT, HoT-MotionBERT) get ``[B, F, 17, 3]``: x, y
+and the keypoint score in [0, 1] (``keypoints.check_confidence``); a keypoint that was filled (NaN or below
+``score_threshold``, with ``interpolate``) gets 0.0, and input without scores gets 1.0 everywhere with a
+``UserWarning`` (``NO_SCORES_NOTE``). 2-channel lifters are fed exactly as before.
 
 Flip test-time augmentation (``flip=True``, as published): run the model on ``x`` and on the flipped input
-(x coordinate negated, left and right joints swapped), flip that output back the same way and average:
+(x coordinate negated, left and right joints swapped; the confidence channel is swapped with its joints, never
+negated), flip that output back the same way and average:
 ``(f(x) + flip(f(flip(x)))) / 2``. TPC seq2frame models run the flipped pass with the first pass's indices.
 HoT-MixSTE selects its tokens independently in each pass (its published call ``model(x)``).
 """
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .arch import SPECS
 
-from .keypoints import (LEFT_JOINTS, RIGHT_JOINTS, KeypointError, Keypoints2D, check_values, normalize_screen,
-                        positive_size, prepare_keypoints)
+from .keypoints import (LEFT_JOINTS, RIGHT_JOINTS, KeypointError, Keypoints2D, check_confidence, check_values,
+                        normalize_screen, positive_size, prepare_keypoints)
 
-# From the architecture registry. lift feeds [B, F, 17, 2] windows: lifters that also take the detector's
-# confidence as a third channel (MotionBERT) are not wired to the keypoint scores yet and are refused clearly.
+# What a confidence lifter is told when the input has no scores (warned, and kept in the CLI's .npz).
+NO_SCORES_NOTE = ("{source} has no keypoint scores: the confidence channel of {arch} (x, y, confidence) is 1.0 for "
+                  "every detected keypoint")
 
 
 def lifters():
     """The registry's 2D lifters, read live (an architecture registered later is seen): ``(seq2frame, seq2seq)``."""
-    two_d = [(n, s) for n, s in SPECS.items() if s.input_channels == 2]
-    return (tuple(n for n, s in two_d if s.io == "seq2frame"), tuple(n for n, s in two_d if s.io == "seq2seq"))
+    lift_specs = [(n, s) for n, s in SPECS.items() if s.lifter]
+    return (tuple(n for n, s in lift_specs if s.io == "seq2frame"),
+            tuple(n for n, s in lift_specs if s.io == "seq2seq"))
+
+
+def input_channels(model):
+    """2 (x, y) or 3 (x, y, confidence: MotionBERT) for a lifting model."""
+    return SPECS[model_spec(model)[0]].input_channels
 
 
 SEQ2FRAME, SEQ2SEQ = lifters()  # as registered at import (for readers of these names)
@@ -52,10 +67,6 @@ def model_spec(model):
     config = dict(getattr(info, "config", None) or {})
     frames = config.get("frames", getattr(model, "frames", None))
     n_joints = config.get("n_joints", getattr(model, "n_joints", 17))
-    if arch in SPECS and SPECS[arch].lifter and SPECS[arch].input_channels != 2:
-        raise ValueError(f"model: arch {arch!r} takes {SPECS[arch].input_channels} input channels (x, y and the "
-                         f"detector's confidence); pyengine.lift feeds x, y only in this version: call the model on "
-                         f"[B, F, 17, {SPECS[arch].input_channels}] windows yourself")
     seq2frame, seq2seq = lifters()
     if arch not in seq2frame + seq2seq:
         raise ValueError(f"model: expected a 2D-to-3D lifting model (arch one of {seq2frame + seq2seq}, read from "
@@ -77,7 +88,8 @@ def _device(model):
 
 
 def flip_pose(x):
-    """Mirror poses ``[..., 17, C]``: negate x, swap the left and right joints (its own inverse)."""
+    """Mirror poses ``[..., 17, C]``: negate x (channel 0 only: y and a confidence channel keep their sign), swap
+    the left and right joints, every channel with its joint (its own inverse)."""
     x = x.clone()
     x[..., 0] = -x[..., 0]
     x[..., _SWAP, :] = x[..., _SWAPPED, :]
@@ -85,14 +97,15 @@ def flip_pose(x):
 
 
 class _Runner:
-    """Runs one batch of windows ``[B, F, 17, 2]`` through a model: the seq2frame centre frames ``[B, 17, 3]`` or
-    the seq2seq outputs ``[B, F, 17, 3]``, flip-averaged when asked."""
+    """Runs one batch of windows ``[B, F, 17, channels]`` through a model: the seq2frame centre frames
+    ``[B, 17, 3]`` or the seq2seq outputs ``[B, F, 17, 3]``, flip-averaged when asked."""
 
     def __init__(self, model, flip):
         self.model, self.flip = model, flip
         self.arch, self.frames, _ = model_spec(model)
         self.centre = (self.frames - 1) // 2
         self.seq2frame = SPECS[self.arch].io == "seq2frame"
+        self.channels = SPECS[self.arch].input_channels
 
     def _pass(self, x, index=None):
         if SPECS[self.arch].tpc_center:  # seq2frame TPC: the flip pass reuses the first pass's index
@@ -116,15 +129,41 @@ class _Runner:
 
 
 def _as_input(keypoints_2d, width, height):
-    """-> float32 numpy ``[T, 17, 2]`` in the normalised screen space, value-checked (``check_values``: finite,
-    within the normalised range) by ``prepare_keypoints``."""
+    """-> ``(float32 numpy [T, 17, 2] in the normalised screen space, confidence [T, 17] or None, source)``,
+    value-checked (``check_values``: finite, within the normalised range) by ``prepare_keypoints``."""
     if (width is None) != (height is None):
         raise KeypointError(f"width/height: give both or neither, got width={width!r}, height={height!r}")
     if isinstance(keypoints_2d, Keypoints2D):  # as read from a file: its own size / normalized flag apply
-        return prepare_keypoints(keypoints_2d, width=width, height=height, source=keypoints_2d.source)
-    if width is None:
-        return prepare_keypoints(keypoints_2d, normalized=True, source="keypoints_2d")
-    return prepare_keypoints(keypoints_2d, width=width, height=height, source="keypoints_2d")
+        return (*prepare_keypoints(keypoints_2d, width=width, height=height, source=keypoints_2d.source,
+                                   return_confidence=True), keypoints_2d.source)
+    size = dict(normalized=True) if width is None else dict(width=width, height=height)
+    return prepare_keypoints(keypoints_2d, source="keypoints_2d", **size), None, "keypoints_2d"
+
+
+def with_confidence(model, x, confidence, source, *, frame_ids=None, confidence_given=False):
+    """The model's input ``[T, 17, channels]`` float32 and the notes for the user: ``x [T, 17, 2]`` as is for
+    2-channel lifters (a ``confidence`` given explicitly is then an error, never dropped silently); for confidence
+    lifters x, y and ``confidence`` (checked in [0, 1]), or 1.0 with ``NO_SCORES_NOTE`` (warned) when None."""
+    arch = model_spec(model)[0]
+    if SPECS[arch].input_channels == 2:
+        if confidence_given:
+            raise ValueError(f"confidence: arch {arch!r} takes x, y only (2 input channels); confidence applies to "
+                             f"lifters with a confidence channel (MotionBERT), got an array for {source}")
+        return x, []
+    notes = []
+    if confidence is None:
+        notes.append(NO_SCORES_NOTE.format(source=source, arch=arch))
+        warnings.warn(notes[-1], UserWarning, stacklevel=3)
+        confidence = np.ones(x.shape[:2], dtype=np.float32)
+    else:
+        if hasattr(confidence, "detach"):
+            confidence = confidence.detach().cpu().numpy()
+        confidence = np.asarray(confidence)
+        if confidence.shape != x.shape[:2] or not np.issubdtype(confidence.dtype, np.number):
+            raise KeypointError(f"confidence: expected a numeric [T, 17] = {list(x.shape[:2])} array (one score per "
+                                f"keypoint of {source}), got shape {list(confidence.shape)} dtype {confidence.dtype}")
+        confidence = check_confidence(confidence, f"{source} (confidence)", frame_ids=frame_ids)
+    return np.concatenate([x, confidence[..., None]], axis=-1), notes
 
 
 def windows(x, starts, frames, centre):
@@ -143,7 +182,7 @@ def _check_batch(batch_size, first_row):
 
 
 def _lift_sequences(runner, xs, device, batch_size, first_row, progress, what):
-    """Lift the normalised sequences ``xs`` (float32 numpy ``[L_s, 17, 2]``) in shared model calls; returns
+    """Lift the normalised sequences ``xs`` (float32 numpy ``[L_s, 17, channels]``) in shared model calls; returns
     ``(outputs [L_s, 17, 3] per sequence, the batch row of each sequence's first window)``.
 
     The windows (seq2frame) or chunks (seq2seq) of all sequences, one after the other, fill the model calls.
@@ -188,7 +227,7 @@ def _lift_sequences(runner, xs, device, batch_size, first_row, progress, what):
 
 
 def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=DEFAULT_BATCH_SIZE, progress=None,
-         first_row=None):
+         first_row=None, confidence=None):
     """Lift a 2D keypoint sequence to 3D with ``model`` (any lifting arch of ``pyengine.load``).
 
     keypoints_2d: ``[T, 17, 2]`` numpy array or tensor, Human3.6M joint order (``pyengine.keypoints`` reads and
@@ -197,7 +236,11 @@ def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=
         be finite and within +-4 (``keypoints.check_values``; the image spans [-1, 1]): a ``KeypointError`` names
         the frame and joint otherwise, e.g. pixels without width/height or a wrong image size. No NaN: fill gaps
         first (``load_keypoints(..., interpolate=True)``).
-    flip: flip test-time augmentation (published): average with the mirrored input's mirrored output.
+    confidence: confidence lifters (MotionBERT) only: ``[T, 17]`` scores in [0, 1] for array input (a
+        ``Keypoints2D``'s own scores are used when not given; filled keypoints get 0.0). Without scores the channel
+        is 1.0 and a ``UserWarning`` says so. Given to a 2-channel lifter: a ``ValueError``.
+    flip: flip test-time augmentation (published): average with the mirrored input's mirrored output (the
+        confidence channel is mirrored with its joints, not negated).
     batch_size: windows (seq2frame) or chunks (seq2seq) per model call.
     progress: tqdm bar on stderr; None shows it for sequences of at least 1000 frames.
     first_row: None (default), or ``lift_tracks``'s layout: every call has exactly ``batch_size`` windows (padded
@@ -211,7 +254,10 @@ def lift(model, keypoints_2d, *, width=None, height=None, flip=True, batch_size=
     model_spec(model)
     _check_batch(batch_size, first_row)
     runner = _Runner(model, flip)
-    x = _as_input(keypoints_2d, width, height)
+    x, scores, source = _as_input(keypoints_2d, width, height)
+    frame_ids = getattr(keypoints_2d, "frame_ids", None)
+    x, _ = with_confidence(model, x, scores if confidence is None else confidence, source, frame_ids=frame_ids,
+                           confidence_given=confidence is not None)
     (out,), _ = _lift_sequences(runner, [x], _device(model), batch_size, first_row, progress, f"{len(x)} frames")
     return out
 
@@ -223,7 +269,8 @@ class LiftedTracks:
     lifted), ``detected [P, T]`` (the file had an instance; ``valid & ~detected``: a filled short gap),
     ``track_ids [P]``, ``frame_ids [T]`` (the video frame of each column), the ``tracks`` they came from, the
     windows per model call (``batch_size``) and the batch row of each segment's first window (``first_rows``, in
-    ``tracks.segments`` order)."""
+    ``tracks.segments`` order). Confidence lifters: ``confidence [P, T, 17]`` the third input channel used (NaN
+    likewise; None for 2-channel lifters) and ``notes`` (e.g. ``NO_SCORES_NOTE``, also warned)."""
 
     positions_3d: np.ndarray
     keypoints_2d: np.ndarray
@@ -234,6 +281,8 @@ class LiftedTracks:
     tracks: object
     batch_size: int
     first_rows: list
+    confidence: object = None
+    notes: list = field(default_factory=list)
 
 
 def lift_tracks(model, detections, *, flip=True, batch_size=DEFAULT_BATCH_SIZE, progress=None, **track_options):
@@ -267,29 +316,38 @@ def lift_tracks(model, detections, *, flip=True, batch_size=DEFAULT_BATCH_SIZE, 
     pos = np.full((P, T, 17, 3), np.nan, dtype=np.float32)
     kp = np.full((P, T, 17, 2), np.nan, dtype=np.float32)
     valid, detected = np.zeros((P, T), dtype=bool), np.zeros((P, T), dtype=bool)
-    first_rows, calls = [], 0
+    first_rows, calls, notes, conf = [], 0, [], None
+    xs = [s.keypoints for s in tracks.segments]
+    if runner.channels == 3:
+        conf = np.full((P, T, 17), np.nan, dtype=np.float32)
+        if not tracks.has_scores:  # the segments hold 1.0 where detected; say so once for the file
+            notes.append(NO_SCORES_NOTE.format(source=tracks.source, arch=runner.arch))
+            warnings.warn(notes[-1], UserWarning, stacklevel=2)
+        xs = [with_confidence(model, s.keypoints, s.confidence, f"{tracks.source} track {s.track_id}",
+                              frame_ids=tracks.frame_ids[s.start:s.stop])[0] for s in tracks.segments]
     if tracks.segments:
         step = 1 if runner.seq2frame else runner.frames
         G = sum((len(s.keypoints) + step - 1) // step for s in tracks.segments)
         calls = -(-G // batch_size)
         batch_size = -(-G // calls)  # the same number of calls, as few padding rows as possible
-        outs, first_rows = _lift_sequences(runner, [s.keypoints for s in tracks.segments], _device(model),
-                                           batch_size, 0, progress, f"{P} tracks")
+        outs, first_rows = _lift_sequences(runner, xs, _device(model), batch_size, 0, progress, f"{P} tracks")
         for seg, out in zip(tracks.segments, outs):
             p = ids.index(seg.track_id)
             pos[p, seg.start:seg.stop], kp[p, seg.start:seg.stop] = out, seg.keypoints
+            if conf is not None:
+                conf[p, seg.start:seg.stop] = seg.confidence
             valid[p, seg.start:seg.stop], detected[p, seg.start:seg.stop] = True, seg.detected
     return LiftedTracks(pos, kp, valid, detected, np.asarray(ids, dtype=np.int64), np.asarray(tracks.frame_ids),
-                        tracks, batch_size if tracks.segments else 0, first_rows)
+                        tracks, batch_size if tracks.segments else 0, first_rows, conf, notes)
 
 
 class _Stream:
     """One person's ring of the last F frames, allocated once on the model's device, and its place in the
     sequence (``count`` frames pushed, ``next`` ring slot to write)."""
 
-    def __init__(self, frames, device):
-        self.ring = torch.empty(frames, 17, 2, device=device)  # the last F frames, oldest at self.next
-        self.window = torch.empty(1, frames, 17, 2, device=device)
+    def __init__(self, frames, device, channels=2):
+        self.ring = torch.empty(frames, 17, channels, device=device)  # the last F frames, oldest at self.next
+        self.window = torch.empty(1, frames, 17, channels, device=device)
         self.count = self.next = 0
 
 
@@ -311,11 +369,17 @@ class Lifter:
     a new sequence (live input cannot bridge a gap). Each person's frames equal ``lift`` on their sequence up to
     the float summation order of the shared call (bit for bit while one person is present). A Lifter is either
     single-person (arrays) or multi-person (dicts) until ``flush()`` / ``reset()``.
+
+    Confidence lifters (MotionBERT): a frame is ``[17, 3]`` (x, y, score in [0, 1]; only x, y are normalised), or
+    ``[17, 2]`` with confidence 1.0 and a ``UserWarning`` (``NO_SCORES_NOTE``, once per Lifter; ``notes`` keeps
+    it). Streaming has no interpolation, so the score is fed as given and no ``score_threshold`` applies.
     """
 
     def __init__(self, model, *, width=None, height=None, flip=True):
         self.arch, self.frames, _ = model_spec(model)
         self.runner = _Runner(model, flip)
+        self.channels = self.runner.channels
+        self.notes = []  # what the user was warned about (confidence lifters fed frames without scores)
         if (width is None) != (height is None):
             raise KeypointError(f"width/height: give both or neither, got width={width!r}, height={height!r}")
         if width is not None:
@@ -326,7 +390,7 @@ class Lifter:
         F = self.frames
         # _orders[p]: ring slots in time order when the oldest frame is at slot p.
         self._orders = (torch.arange(F)[None] + torch.arange(F)[:, None]).remainder_(F).to(self._device)
-        self._single = _Stream(F, self._device)
+        self._single = _Stream(F, self._device, self.channels)
         self._people, self._pool = {}, []  # track id -> _Stream; rings of people who left, for reuse
         self.reset()
 
@@ -352,15 +416,28 @@ class Lifter:
         return self.frames - 1 - self.runner.centre if self.runner.seq2frame else self.frames
 
     def _check(self, frame, name, count):
-        """The value-checked, normalised float32 ``[17, 2]`` of one pushed frame (nothing stored yet)."""
+        """The value-checked, normalised float32 ``[17, channels]`` of one pushed frame (nothing stored yet)."""
         if hasattr(frame, "detach"):
             frame = frame.detach().cpu().numpy()
         frame = np.asarray(frame)
-        if frame.shape != (17, 2) or not np.issubdtype(frame.dtype, np.number):
-            raise KeypointError(f"{name}: expected a numeric [17, 2] array (one frame, Human3.6M order), got "
+        shapes = [(17, 2)] if self.channels == 2 else [(17, 3), (17, 2)]
+        if frame.shape not in shapes or not np.issubdtype(frame.dtype, np.number):
+            what = ("[17, 2] array" if self.channels == 2 else
+                    f"[17, 3] (x, y, score; {self.arch} takes the confidence) or [17, 2] array")
+            raise KeypointError(f"{name}: expected a numeric {what} (one frame, Human3.6M order), got "
                                 f"shape {list(frame.shape)} dtype {frame.dtype}")
         if np.issubdtype(frame.dtype, np.complexfloating):
             raise KeypointError(f"{name}: expected real coordinates, got dtype {frame.dtype}")
+        confidence = None
+        if self.channels == 3:
+            if frame.shape[1] == 3:
+                confidence = check_confidence(frame[None, :, 2], f"{name} (score)", frame_ids=[count])[0]
+            else:
+                if not self.notes:
+                    self.notes.append(NO_SCORES_NOTE.format(source="a pushed [17, 2] frame", arch=self.arch))
+                    warnings.warn(self.notes[-1], UserWarning, stacklevel=4)
+                confidence = np.ones(17, dtype=np.float32)
+            frame = frame[:, :2]
         pixels = frame.astype(np.float64)
         if self.width is not None:  # exactly as prepare_keypoints does it (float64, then float32)
             with np.errstate(over="ignore", invalid="ignore"):
@@ -370,6 +447,8 @@ class Lifter:
         else:  # the same check lift makes: a normalised lifter refuses pixel-scale values, NaN and inf
             frame = pixels
             check_values(frame[None], name, first_frame=count)
+        if confidence is not None:
+            frame = np.concatenate([frame, confidence[:, None]], axis=1)
         return torch.from_numpy(frame.astype(np.float32))
 
     def _store(self, stream, frame):
@@ -394,7 +473,8 @@ class Lifter:
         return list(out.reshape(-1, 17, 3)[:count])
 
     def push(self, frame_2d):
-        """Add one frame ``[17, 2]``; returns a list of the 3D frames ``[17, 3]`` (float32) that are now ready.
+        """Add one frame ``[17, 2]`` (confidence lifters: ``[17, 3]``, see the class docstring); returns a list
+        of the 3D frames ``[17, 3]`` (float32) that are now ready.
         With a dict ``{track_id: [17, 2]}`` (several people), returns ``{track_id: list of [17, 3]}``."""
         if isinstance(frame_2d, Mapping):
             return self._push_people(frame_2d)
@@ -420,7 +500,8 @@ class Lifter:
         ready = []
         for key, frame in checked.items():
             if key not in self._people:
-                self._people[key] = self._pool.pop() if self._pool else _Stream(self.frames, self._device)
+                self._people[key] = (self._pool.pop() if self._pool else
+                                     _Stream(self.frames, self._device, self.channels))
             stream = self._people[key]
             self._store(stream, frame)
             out[key] = []

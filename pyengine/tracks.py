@@ -68,12 +68,15 @@ def oks(a, a_ok, b, b_ok):
 @dataclass
 class Segment:
     """A run of one track without a gap longer than ``max_gap``: rows ``start .. start + len - 1`` of the video's
-    frame axis, ``keypoints [L, 17, 2]`` float32 normalised (gaps filled), ``detected [L]`` (False: filled)."""
+    frame axis, ``keypoints [L, 17, 2]`` float32 normalised (gaps filled), ``detected [L]`` (False: filled),
+    ``confidence [L, 17]`` float32: the keypoint scores (1.0 when the file has none), 0.0 where a keypoint was
+    filled; the third input channel of confidence lifters (MotionBERT)."""
 
     track_id: int
     start: int
     keypoints: np.ndarray
     detected: np.ndarray
+    confidence: np.ndarray = None
 
     @property
     def stop(self):
@@ -85,7 +88,8 @@ class Tracks:
     """The people of a video (``build_tracks``): the lifted ``segments`` (ordered by track id, then start), the
     ``track_ids`` they belong to, what was ``skipped`` (segments shorter than ``min_length``; dicts with
     track_id, first_frame, last_frame, frames, detections) and ``skipped_instances`` (``"frame F instance I"``
-    without a usable keypoint); ``method`` ``"track_id"`` (from the file) or ``"oks"`` (assignment)."""
+    without a usable keypoint); ``method`` ``"track_id"`` (from the file) or ``"oks"`` (assignment);
+    ``has_scores``: the file gave keypoint scores (otherwise the segments' confidence is 1.0 where detected)."""
 
     frame_ids: np.ndarray
     segments: list
@@ -97,6 +101,7 @@ class Tracks:
     fps: object = None
     width: object = None
     height: object = None
+    has_scores: bool = True
     track_ids: tuple = field(init=False)
 
     def __post_init__(self):
@@ -219,7 +224,7 @@ def build_tracks(detections, *, width=None, height=None, normalized=None, score_
                                      normalized=normalized, score_threshold=score_threshold,
                                      interpolate=interpolate))
     return Tracks(det.frame_ids, segments, skipped, skipped_instances, method, params, source=det.source,
-                  fps=det.fps, width=det.width, height=det.height)
+                  fps=det.fps, width=det.width, height=det.height, has_scores=det.has_scores)
 
 
 def _segment(det, tid, members, first, last, *, interpolate, **prepare):
@@ -240,9 +245,9 @@ def _segment(det, tid, members, first, last, *, interpolate, **prepare):
     kp = Keypoints2D(xy, scores, width=det.width, height=det.height, layout="h36m", source=source, fps=det.fps,
                      frame_ids=ids)
     try:
-        x = prepare_keypoints(kp, interpolate=interpolate, **prepare)
+        x, confidence = prepare_keypoints(kp, interpolate=interpolate, return_confidence=True, **prepare)
     except KeypointError as exc:
         if str(exc).startswith(source) or str(exc).startswith(("width", "height", "normalized")):
             raise
         raise KeypointError(f"{source} (frames {int(ids[0])}...{int(ids[-1])}): {exc}") from None
-    return Segment(tid, first, x, detected)
+    return Segment(tid, first, x, detected, confidence)
