@@ -259,3 +259,22 @@ def test_cli_motionbert_options(capsys, tmp_path):
     with np.load(tmp_path / "a.npz") as z:
         config = json.loads(str(z["config"]))
     assert config["mlp_ratio"] == 1.5 and config["maxlen"] == 9 and config["dim_feat"] == 16
+
+
+def test_cli_multi_person(capsys, tmp_path):
+    from test_tracks import scene, write
+    doc = scene(track_ids=True)  # B keeps its id across its 50-frame absence
+    for frame in doc["instance_info"]:  # drop the scores: 1.0 where detected, with the note
+        for inst in frame["instances"]:
+            inst.pop("keypoint_scores", None)
+    src, out = write(tmp_path / "scene.json", doc), tmp_path / "scene_3d.npz"
+    code, stdout, err = run(capsys, src, "-o", str(out), "--random-weights", "--arch", "motionbert", *CLI_TINY,
+                            *CLI_CONFIG["motionbert"], "--interpolate",
+                            "--max-gap", "60")  # B's 50-frame absence is filled: confidence 0 there
+    assert code == 0, err
+    assert "no keypoint scores" in err
+    with np.load(out) as z:
+        assert bool(z["multi_person"]) and len(json.loads(str(z["notes"]))) == 1
+        conf, valid, detected = z["confidence"], z["valid"], z["detected"]
+    assert (conf[detected] == 1).all() and np.isnan(conf[~valid]).all()
+    assert (valid & ~detected).any() and (conf[valid & ~detected] == 0).all()  # filled frames of short gaps
