@@ -612,27 +612,16 @@ def _lift_one(model, args, kp, confidence, raw, out_path, random_weights):
                confidence=extra.get("confidence"))
     seconds = time.perf_counter() - start
     info = model.pyengine
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    written = []  # (partial, final)
-    try:
-        tmp = _partial(out_path)
-        np.savez(tmp, positions_3d=pos, keypoints_2d=kp, frame_ids=np.asarray(raw.frame_ids, dtype=np.int64),
-                 **extra, **_common_arrays(model, args, random_weights, raw.source, raw.fps, notes))
-        written.append((tmp, out_path))
-        if args.render:
-            from .render import render
-            fps = args.render_fps or raw.fps or 25.0
-            title = f"{info.arch}" + (" - RANDOM WEIGHTS" if random_weights else "")
-            os.makedirs(os.path.dirname(os.path.abspath(args.render)), exist_ok=True)  # checked creatable up front
-            tmp = _partial(args.render)
-            render(tmp, kp, pos, fps=fps, every=args.render_every, title=title, progress=args.progress)
-            written.append((tmp, args.render))
-        for tmp, final in written:
-            os.replace(tmp, final)
-    finally:
-        for tmp, _ in written:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    fps = args.render_fps or raw.fps or 25.0
+    title = f"{info.arch}" + (" - RANDOM WEIGHTS" if random_weights else "")
+
+    def render_fn(tmp):
+        from .render import render
+        render(tmp, kp, pos, fps=fps, every=args.render_every, title=title, progress=args.progress)
+
+    arrays = dict(positions_3d=pos, keypoints_2d=kp, frame_ids=np.asarray(raw.frame_ids, dtype=np.int64), **extra,
+                  **_common_arrays(model, args, random_weights, raw.source, raw.fps, notes))
+    _write_atomic(out_path, arrays, render_fn, args.render)
     print(f"lifted {len(pos)} frames: {raw.source} -> {out_path} ({seconds:.1f} s, {len(pos) / seconds:.1f} "
           f"frames/s, flip {'on' if args.flip else 'off'})")
     if args.render:
