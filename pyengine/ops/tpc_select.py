@@ -20,6 +20,7 @@ import torch
 from ..backends import BackendUnavailableError, cpp_extension, device_guard
 from ..models.tpc import check_select_args, density_noise, dpc_knn_select
 
+tpc_select_ref = dpc_knn_select  # the eager reference, under the op's name (pyengine/models/tpc.py)
 IMPLS = ("cpp", "triton", "cuda")
 BACKENDS = ("reference",) + IMPLS
 GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
