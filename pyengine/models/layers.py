@@ -100,6 +100,12 @@ def check_pose_input(x: torch.Tensor, *, frames: int, n_joints: int, device=None
         raise ValueError(
             f"{name}: expected shape [B, F={frames}, J={n_joints}, 2] (normalised 2D keypoints), got {list(x.shape)}"
         )
+    check_pose_tensor(x, device, name)
+
+
+def check_pose_tensor(x: torch.Tensor, device=None, name: str = "x") -> None:
+    """The checks every pose input shares once its shape is right: floating, a non-empty batch, the model's
+    device (metadata only: no value is read, so no host sync)."""
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
     if x.shape[0] == 0:

@@ -10,7 +10,7 @@ tanh, and ``temp_embed`` is sliced to F in DSTformer but added whole (F must equ
 import torch
 from torch import nn
 
-from .layers import Attention, CrossAttention, Mlp, check_heads
+from .layers import Attention, CrossAttention, Mlp, check_heads, check_pose_tensor
 from .tpc import check_index, check_tpc_config, dpc_knn_select
 
 EPS = 1e-6  # every LayerNorm of DSTformer (the class default 1e-5 is never used by the published builder)
@@ -36,12 +36,7 @@ def check_confidence_pose_input(x, *, maxlen: int, num_joints: int, dim_in: int,
     if not 1 <= frames <= maxlen:
         raise ValueError(f"{name}: expected 1 <= F <= maxlen={maxlen} frames (temp_embed is [1, maxlen, 1, C], "
                          f"sliced to F), got shape {list(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name}: batch is empty (shape {list(x.shape)})")
-    if device is not None and x.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device} (the model's device), got {x.device}")
+    check_pose_tensor(x, device, name)
 
 
 def spatial(attn: Attention, x: torch.Tensor, frames: int) -> torch.Tensor:
