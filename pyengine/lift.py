@@ -51,7 +51,6 @@ def input_channels(model):
     return SPECS[model_spec(model)[0]].input_channels
 
 
-SEQ2FRAME, SEQ2SEQ = lifters()  # as registered at import (for readers of these names)
 DEFAULT_BATCH_SIZE = 64
 PROGRESS_MIN_FRAMES = 1000  # progress=None shows a bar from this many frames on
 _SWAP = list(LEFT_JOINTS + RIGHT_JOINTS)
