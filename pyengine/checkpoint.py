@@ -7,52 +7,19 @@ Formats (SPEC.md §6): a bare state_dict (MHFormer, HoT); ``{'model_pos': state_
 Pickles are only ever read with ``torch.load(weights_only=True)``. Real MixSTE checkpoints also hold a pickled
 numpy ``RandomState`` (``random_state``) which that refuses; for that case, and only when the file's non-tensor
 globals are exactly numpy's RandomState machinery, the load is retried with those few numpy globals allow-listed
-(no other pickled code can run), and the fact is recorded in ``notes``.
+(no other pickled code can run), and the fact is recorded in ``notes``. The allow-lists live in
+``pyengine.safe_pickle``, beside the one for keypoint files.
 """
 import os
 import pickle
 import re
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from . import motionbert_ckpt
 from .errors import CheckpointError  # noqa: F401 (pyengine.checkpoint.CheckpointError, as always)
-
-
-def _numpy_random_state_globals():
-    """The numpy globals a pickled ``np.random.RandomState`` needs (and nothing else)."""
-    from numpy.random import _mt19937, _pickle
-
-    core = getattr(np, "_core", None) or np.core
-    reconstruct = core.multiarray._reconstruct
-    return [
-        _pickle.__randomstate_ctor, _pickle.__bit_generator_ctor, _mt19937.MT19937, np.random.RandomState,
-        np.ndarray, np.dtype,
-        reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct"),
-        (reconstruct, "numpy._core.multiarray._reconstruct"),
-        *(type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64)),
-    ]
-
-
-_RANDOM_STATE_NAMES = {
-    "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__bit_generator_ctor",
-    "numpy.random._mt19937.MT19937", "numpy.ndarray", "numpy.dtype", "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct", "numpy.dtypes.UInt32DType", "numpy.dtypes.Int64DType",
-    "numpy.dtypes.Float64DType",
-}
-
-# MotionBERT's train.py stores ``min_loss`` as a numpy float64 scalar: numpy's scalar constructor and the dtype.
-_NUMPY_SCALAR_NAMES = {"numpy._core.multiarray.scalar", "numpy.core.multiarray.scalar", "numpy.dtype",
-                       "numpy.dtypes.Float64DType", "numpy.dtypes.Float32DType"}
-
-
-def _numpy_scalar_globals():
-    core = getattr(np, "_core", None) or np.core
-    scalar = core.multiarray.scalar
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), (scalar, "numpy._core.multiarray.scalar"), np.dtype,
-            type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+from .safe_pickle import NUMPY_SCALAR_NAMES, RANDOM_STATE_NAMES, numpy_scalar_globals, random_state_globals
 
 
 SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
@@ -118,17 +85,17 @@ def _read_file(path, suffix):
         if not unsafe:  # not even its globals can be listed: not a (complete) PyTorch file
             raise CheckpointError(f"checkpoint {path!r}: not a readable PyTorch file, truncated or of another "
                                   f"format ({exc})") from exc
-        if unsafe <= _NUMPY_SCALAR_NAMES:
-            with torch.serialization.safe_globals(_numpy_scalar_globals()):
+        if unsafe <= NUMPY_SCALAR_NAMES:
+            with torch.serialization.safe_globals(numpy_scalar_globals()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             return obj, ["the file holds pickled numpy scalars (MotionBERT's 'min_loss'); it was read with only "
                          "numpy's scalar constructor and dtypes allow-listed"]
-        if not unsafe <= _RANDOM_STATE_NAMES:
+        if not unsafe <= RANDOM_STATE_NAMES:
             raise CheckpointError(
                 f"checkpoint: refused {path}: it is not a plain tensor dict; torch.load(weights_only=True) "
                 f"rejects the pickled objects {sorted(unsafe)}. pyengine never executes "
                 f"pickled code; re-save the weights as a state_dict or a .safetensors file.") from exc
-        with torch.serialization.safe_globals(_numpy_random_state_globals()):
+        with torch.serialization.safe_globals(random_state_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
         what = ("a pickled numpy RandomState (MixSTE's 'random_state')" if any("randomstate" in n.lower()
                 for n in unsafe) else "pickled numpy arrays (e.g. MMPose's 'meta')")

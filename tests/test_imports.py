@@ -86,10 +86,25 @@ def test_the_checker_finds_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# pyengine.keypoints, one concern per module, each importing only those before it (and the package imports them).
+KEYPOINT_LAYERS = ("pyengine.keypoints.common", "pyengine.keypoints.layouts", "pyengine.keypoints.readers",
+                   "pyengine.keypoints.prepare")
+
+
+def test_keypoint_modules_import_only_downwards():
+    graph = import_graph()
+    assert not graph["pyengine.safe_pickle"], "safe_pickle (the pickle allow-lists) imports no pyengine module"
+    for m in ("pyengine.checkpoint", "pyengine.keypoints.readers"):  # both policies' users read them from there
+        assert "pyengine.safe_pickle" in graph[m], m
+    for i, m in enumerate(KEYPOINT_LAYERS):
+        allowed = set(KEYPOINT_LAYERS[:i]) | {"pyengine.skeleton", "pyengine.safe_pickle"}
+        assert graph[m] <= allowed, f"{m} imports {sorted(graph[m] - allowed)}"
+
+
 def test_low_layers_import_nothing_above_them():
     graph = import_graph()
     low = {"pyengine.backends", "pyengine.errors", "pyengine.skeleton", "pyengine.cuda_graphs", "pyengine.twin",
-           "pyengine.kernels._common"}
+           "pyengine.kernels._common", "pyengine.safe_pickle", *KEYPOINT_LAYERS, "pyengine.keypoints"}
     high = {"pyengine.engine", "pyengine.load", "pyengine.cli", "pyengine.lift", "pyengine.verify", "pyengine.bench"}
     for m in low:
         assert not graph[m] & high, f"{m} imports {sorted(graph[m] & high)}"

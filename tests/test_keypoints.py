@@ -1,5 +1,6 @@
-"""Keypoint inputs (pyengine/keypoints.py): formats, COCO -> H36M mapping, normalisation, missing keypoints and
-every documented error."""
+"""Keypoint inputs (the pyengine/keypoints/ package, and pyengine/safe_pickle.py's keypoint-file policy): formats,
+COCO -> H36M mapping, normalisation, missing keypoints and every documented error."""
+import io
 import json
 import os
 import pickle
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from pyengine import keypoints as K
+from pyengine import safe_pickle
 from pyengine.data import synth
 
 SAMPLE = os.path.join(os.path.dirname(synth.__file__), "sample_walk.npz")
@@ -136,6 +138,18 @@ def test_videopose3d_refuses_arbitrary_pickles(tmp_path):
     np.savez(path, positions_2d=np.array([pickle.dumps(1)], dtype=object))
     with pytest.raises(K.KeypointError, match="must be a dict"):
         K.read_keypoints(path)
+
+
+def test_safe_pickle_rebuilds_numpy_and_refuses_the_rest():
+    """``safe_pickle.NumpyUnpickler``, the policy the VideoPose3D reader uses: plain containers and numpy arrays /
+    scalars / dtypes come back; any other global is refused before it is created (the reader's message: above)."""
+    obj = {"a": [np.arange(6, dtype=np.float32).reshape(2, 3), np.float64(1.5), np.dtype("int16")], "b": (1, "x")}
+    back = safe_pickle.NumpyUnpickler(io.BytesIO(pickle.dumps(obj))).load()
+    np.testing.assert_array_equal(back["a"][0], obj["a"][0])
+    assert back["a"][0].dtype == np.float32 and back["a"][1:] == obj["a"][1:] and back["b"] == (1, "x")
+    with pytest.raises(safe_pickle.RefusedGlobal, match=r"^refusing to unpickle (posix|nt)\.system$") as info:
+        safe_pickle.NumpyUnpickler(io.BytesIO(pickle.dumps(_Boom()))).load()
+    assert isinstance(info.value, pickle.UnpicklingError) and info.value.name == "system"
 
 
 def test_missing_keypoints_interpolate(walk):
