@@ -47,8 +47,8 @@ setup(
     version="0.1.0",
     description="GPU-kernel-accelerated 3D human pose lifting (MHFormer, MixSTE, HoT, SUSA) with eager references",
     python_requires=">=3.10",
-    packages=["pyengine", "pyengine.models", "pyengine.ops", "pyengine.nn", "pyengine.data", "pyengine.kernels",
-              "pyengine.keypoints"],
+    packages=["pyengine", "pyengine.bench", "pyengine.models", "pyengine.ops", "pyengine.nn", "pyengine.data",
+              "pyengine.kernels", "pyengine.keypoints"],
     package_dir={"pyengine": "pyengine", "pyengine.kernels": "kernels"},
     package_data={"pyengine": ["data/*.npz", "data/*.json"]},
     # torch is deliberately not listed: pip would replace the pinned CPU wheel with a multi-GB CUDA build.

@@ -46,8 +46,11 @@ def load(paths):
 
 
 def label(b):
-    """Short row label: ``eager-fp32``, ``compile-default-bf16``, ``pyengine-cuda-bf16``, or the test name."""
+    """Short row label: ``eager-fp32``, ``compile-default-bf16``, ``pyengine-cuda-bf16``, the CPU anchors'
+    ``openvino-bf16`` / ``onnxruntime-fp32`` (their variant is the precision), or the test name."""
     e = b.get("extra_info", {})
+    if e.get("impl") in pb.ANCHOR_IMPLS:
+        return f"{e['impl']}-{e['variant']}"
     if e.get("impl") in ("eager", "compile", "pyengine"):
         dt = SHORT_DTYPE.get(e.get("dtype"), e.get("dtype"))
         return f"eager-{dt}" if e["impl"] == "eager" else f"{e['impl']}-{e['variant']}-{dt}"

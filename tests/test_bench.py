@@ -141,3 +141,100 @@ def test_pyengine_bench_tiny_model_prints_table(capsys, tmp_path):
 def test_pyengine_bench_bad_usage_exits_2(capsys, args):
     assert cli.main(["bench", "--channel", "16", "--d-hid", "32", *args]) == 2
     assert "pyengine bench: error:" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The CPU anchor rows (issue 19): OpenVINO fp32 / bf16 and ONNX Runtime fp32, on a tiny MixSTE.
+# ---------------------------------------------------------------------------------------------------------------
+TINY_MIXSTE = {"frames": 27, "channel": 16, "depth": 1, "heads": 2}
+
+
+def test_row_ids_have_the_anchor_rows_on_cpu_only():
+    f32, bf16 = pb.DTYPES["float32"], pb.DTYPES["bfloat16"]
+    cpu = pb.row_ids(f32, "cpu")
+    assert cpu[-3:] == [("openvino", "fp32", f32), ("openvino", "bf16", bf16), ("onnxruntime", "fp32", f32)]
+    assert [pb.row_name(*r) for r in cpu[-3:]] == ["openvino-fp32", "openvino-bf16", "onnxruntime-fp32"]
+    assert not [r for r in pb.row_ids(bf16, "cuda") if r[0] in pb.ANCHOR_IMPLS]
+
+
+@pytest.mark.parametrize("impl,variant,tol", [("openvino", "fp32", 1e-4), ("openvino", "bf16", 5e-2),
+                                              ("onnxruntime", "fp32", 1e-4)])
+def test_anchor_rows_match_eager_fp32(impl, variant, tol):
+    import torch
+
+    from pyengine.testing import rel_error
+
+    ov = pytest.importorskip(impl)  # optional (docs/benchmarks.md): the rows are skipped with a reason without it
+    if variant == "bf16" and "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bf16 support")
+    model = pb.build_model("mixste", TINY_MIXSTE)
+    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+    fn = pb.make_runner(model, impl, variant, dtype, "cpu")
+    x = pb.make_inputs(model, 3, torch.float32, "cpu", copies=1)[0]  # 3: not the batch it was converted at (2)
+    out = fn(x)
+    with torch.no_grad():
+        want = model(x)
+    assert out.dtype == torch.float32 and out.shape == want.shape  # fp32 out, also at bf16 compute precision
+    assert rel_error(out, want) < tol
+
+
+def test_anchor_rows_return_tpc_output_and_index():
+    import torch
+
+    pytest.importorskip("openvino")
+    model = pb.build_model("tpc_mixste", {**TINY_MIXSTE, "depth": 2, "token_num": 9, "layer_index": 1})
+    x = pb.make_inputs(model, 1, torch.float32, "cpu", copies=1)[0]
+    out, index = pb.make_runner(model, "openvino", "fp32", torch.float32, "cpu")(x)
+    with torch.no_grad():
+        want, want_index = model(x)
+    assert torch.equal(index.long(), want_index) and out.shape == want.shape
+
+
+@pytest.mark.parametrize("impl", ["openvino", "onnxruntime"])
+def test_anchor_rows_skip_without_their_package(monkeypatch, impl):
+    import sys
+
+    import torch
+
+    monkeypatch.setitem(sys.modules, impl, None)  # import fails
+    with pytest.raises(pb.Skip, match=f"^{impl} is not installed: pip install {impl}$"):
+        pb.make_runner(pb.build_model("mixste", TINY_MIXSTE), impl, "fp32", torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("impl,name", [("openvino", "OpenVINO"), ("onnxruntime", "ONNX Runtime")])
+def test_anchor_rows_skip_on_cuda(impl, name):
+    import torch
+
+    with pytest.raises(pb.Skip, match=f"{name} rows are CPU anchors"):
+        pb.make_runner(pb.build_model("mixste", TINY_MIXSTE), impl, "fp32", torch.float32, "cuda")
+
+
+def test_anchor_rows_skip_when_conversion_fails(monkeypatch):
+    import torch
+
+    from pyengine import onnx_export
+
+    pytest.importorskip("onnxruntime")
+
+    def fail(*args, **kwargs):
+        raise onnx_export.ExportError("mixste: torch.onnx.export failed: no kernel for op X\nsecond line")
+
+    monkeypatch.setattr(onnx_export, "export", fail)
+    model = pb.build_model("mixste", TINY_MIXSTE, seed=1)  # not converted by another test (conversions are cached)
+    with pytest.raises(pb.Skip, match=r"^pyengine.export to ONNX failed: mixste: .* no kernel for op X$"):
+        pb.make_runner(model, "onnxruntime", "fp32", torch.float32, "cpu")
+
+
+def test_anchor_rows_compare_with_eager_fp32():
+    def row(name, median, impl, variant, dtype):
+        return {"name": name, "group": "g", "median": median,
+                "extra": {"impl": impl, "variant": variant, "dtype": dtype}}
+
+    rows = pb.derive([row("eager-fp32", 0.010, "eager", "fp32", "float32"),
+                      row("eager-bf16", 0.020, "eager", "bf16", "bfloat16"),
+                      row("openvino-bf16", 0.005, "openvino", "bf16", "bfloat16")])
+    assert rows[2]["derived"]["vs_eager"] == pytest.approx(2.0)  # eager fp32 / 5 ms, not eager bf16 (4x)
+    spec = importlib.util.spec_from_file_location("bench_report", REPORT)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.label({"name": "t", "extra_info": rows[2]["extra"]}) == "openvino-bf16"
