@@ -24,7 +24,7 @@ $OUT gets at most 8 files: suite.log (every step's command, time box, exit and l
 environment.txt, validation.md, report.md, bench.json, speedup.png, logs.tar.gz (all logs, JUnit XML, JSON
 lines). ``--dry-run`` prints the plan with each time box; ``--collect`` additionally runs ``pytest
 --collect-only`` for every pytest step and prints the selected node ids (CI checks both, see
-tests/test_gpu_suite.py).
+tests/gpu/test_gpu_suite.py).
 """
 import argparse
 import dataclasses

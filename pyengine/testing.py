@@ -1,4 +1,5 @@
-"""Helpers for validation: deterministic random weights, relative error, fp64 reference copies."""
+"""Helpers for validation: deterministic random weights, relative error, the kernel-vs-eager error rule
+(``assert_close``), well-separated TPC inputs, host-sync recording."""
 import torch
 from torch import nn
 
@@ -41,6 +42,64 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     scale = e.abs().max().item()
     diff = (a - e).abs().max().item() if a.numel() else 0.0
     return diff / scale if scale > 0 else diff
+
+
+# The flash-attention rule (as flash-linear-attention's ``assert_close``): a kernel's relative error against the
+# fp64 result may be at most ``factor`` (2) times the error of the same-precision eager composition, and is never
+# held below ``factor * floor``: the bound is ``factor * max(eager_err, floor)``. Floors by dtype:
+FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+
+
+def error_bound(eager_err: float, dtype: torch.dtype = None, *, factor: float = 2.0, floor: float = None,
+                margin: float = 0.0) -> float:
+    """``factor * max(eager_err, floor) + margin``; ``floor`` defaults to ``FLOOR[dtype]``. (``max(2 e, f)`` is
+    ``2 max(e, f / 2)`` exactly: a test written that way passes ``floor=f / 2``. ``margin`` is an additive slack,
+    for a rule written ``2 e + f``: ``floor=0, margin=f``.)"""
+    if floor is None:
+        floor = FLOOR[dtype]
+    return factor * max(eager_err, floor) + margin
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, eager, *, factor: float = 2.0,
+                 floor: float = None, margin: float = 0.0, dtype: torch.dtype = None) -> float:
+    """Assert ``rel_error(actual, expected) <= error_bound(eager error, ...)``: ``expected`` is the fp64 result,
+    ``eager`` the same-precision eager output (a tensor, compared with ``expected``) or its error (a float).
+    ``floor`` defaults to ``FLOOR[dtype]``, ``dtype`` to ``actual.dtype``. Returns the error."""
+    err = rel_error(actual, expected)
+    eager_err = eager if isinstance(eager, float) else rel_error(eager, expected)
+    if floor is None:
+        floor = FLOOR[dtype or actual.dtype]
+    bound = error_bound(eager_err, factor=factor, floor=floor, margin=margin)
+    assert err <= bound, (f"{name}: error {err:.3g} > bound {bound:.3g} (eager error {eager_err:.3g}; "
+                          f"bound = {factor:g} * max(eager, floor {floor:.3g}) + {margin:.3g})")
+    return err
+
+
+def separated_features(B: int, N: int, C: int, keep: int, seed: int, dtype: torch.dtype = torch.float32, *,
+                       min_gap: float = 1e-5, draw_dtype: torch.dtype = torch.float32,
+                       gap_scale: str = "score") -> torch.Tensor:
+    """Random features ``[B, N, C]`` (drawn in ``draw_dtype`` from ``seed``, returned in ``dtype``) whose fp64
+    DPC-kNN scores around the selection boundary (ranks ``keep - 2 .. keep``, which covers a centre excluded from
+    the ranking) differ by a margin, so that rounding cannot change which tokens are kept. Each gap must exceed
+    ``min_gap`` times the higher score of its pair (``gap_scale="score"``) or the largest |score| of the batch
+    (``"max"``). Redraws up to 200 times."""
+    from pyengine.models.tpc import dpc_knn_scores
+
+    if gap_scale not in ("score", "max"):
+        raise ValueError(f"separated_features: gap_scale must be 'score' or 'max', got {gap_scale!r}")
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = max(0, keep - 2), min(N - 1, keep)
+    for _ in range(200):
+        x = torch.randn(B, N, C, generator=gen, dtype=draw_dtype).to(dtype)
+        s = dpc_knn_scores(x.double())[0].sort(dim=-1, descending=True).values
+        if lo >= hi:
+            return x
+        gaps = s[:, lo:hi] - s[:, lo + 1:hi + 1]
+        if gap_scale == "max" and gaps.min() > min_gap * s.abs().max():
+            return x
+        if gap_scale == "score" and (gaps > min_gap * s[:, lo:hi].abs()).all():
+            return x
+    raise AssertionError("could not draw well-separated scores; adjust the test sizes")
 
 
 def dispatched_ops(fn, *args, **kwargs):

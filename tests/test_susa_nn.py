@@ -9,9 +9,8 @@ import torch
 from pyengine.backends import BackendUnavailableError
 from pyengine.models import susa as ref
 from pyengine.nn import susa as dn
-from pyengine.testing import randomize_, rel_error
+from pyengine.testing import assert_close, randomize_, rel_error
 
-FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3}
 CUDA = torch.cuda.is_available()
 BACKENDS = ["cpp", "triton", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.cuda_ext])]
 
@@ -29,8 +28,7 @@ def compare(reference, drop_in, x):
     assert got.dtype == x.dtype and got.shape == want.shape
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     assert got.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    err = rel_error(got, want)
-    assert err <= 2 * max(eager_err, FLOOR[x.dtype]), f"error {err:.3g} vs eager {eager_err:.3g}"
+    assert_close(f"{type(drop_in).__name__} ({x.dtype})", got, want, eager_err)  # floors: pyengine.testing.FLOOR
 
 
 def build(ref_cls, args, backend, dtype=torch.float32, seed=0):

@@ -11,9 +11,8 @@ import torch
 from pyengine.backends import BackendUnavailableError
 from pyengine.models.susa import HSUSA, WSUSA
 from pyengine.ops.susa import shuffle_index, susa, susa_into, susa_into_op, susa_op
-from pyengine.testing import dispatched_ops, randomize_, rel_error
+from pyengine.testing import assert_close, dispatched_ops, randomize_, rel_error
 
-FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 CUDA = torch.cuda.is_available()
 
 
@@ -47,8 +46,7 @@ def check(impl, direction, c, h, w, ln, dtype=torch.float32, channels_last=False
     got = susa(*on(impl, x, *params), direction=direction, backend=impl).cpu()
     assert got.dtype == dtype and got.shape == x.shape
     assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    err = rel_error(got, want)
-    assert err <= 2 * max(eager_err, FLOOR[dtype]), f"{impl}: error {err:.3g} vs eager {eager_err:.3g}"
+    assert_close(f"{impl} ({dtype})", got, want, eager_err)  # floors: pyengine.testing.FLOOR
     return got
 
 

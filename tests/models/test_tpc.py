@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pyengine.models.tpc import dpc_knn_scores, dpc_knn_select, pairwise_distance
+from pyengine.testing import separated_features
 
 
 def brute_force_select(x, keep, k=2, center=None, tie_break="index"):
@@ -28,17 +29,11 @@ def brute_force_select(x, keep, k=2, center=None, tie_break="index"):
     return sorted(chosen), score
 
 
-def well_separated(B, N, C, seed, keep, min_gap=1e-4):
-    """Random features whose scores around the selection boundary (ranks keep-2 .. keep, which covers a
-    centre excluded from the ranking) differ by a margin, so rounding cannot change which tokens are kept."""
-    gen = torch.Generator().manual_seed(seed)
-    lo, hi = max(0, keep - 2), min(N - 1, keep)
-    for _ in range(200):
-        x = torch.randn(B, N, C, generator=gen, dtype=torch.float64)
-        s = dpc_knn_scores(x)[0].sort(dim=-1, descending=True).values
-        if lo >= hi or (s[:, lo:hi] - s[:, lo + 1:hi + 1]).min() > min_gap * s.abs().max():
-            return x
-    raise AssertionError("could not draw well-separated scores; adjust the test sizes")
+def well_separated(B, N, C, seed, keep):
+    """fp64 features whose boundary scores differ by 1e-4 of the largest score (pyengine.testing's
+    ``separated_features``, drawn in fp64), so fp32 rounding cannot change which tokens are kept."""
+    return separated_features(B, N, C, keep, seed, torch.float64, min_gap=1e-4, draw_dtype=torch.float64,
+                              gap_scale="max")
 
 
 def test_distances_are_exact_and_symmetric():

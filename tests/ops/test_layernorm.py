@@ -5,10 +5,8 @@ import torch
 
 from pyengine.backends import BackendUnavailableError
 from pyengine.ops.layernorm import layernorm, layernorm_op, layernorm_ref
-from pyengine.testing import rel_error
+from pyengine.testing import FLOOR, assert_close, rel_error
 
-EAGER_FACTOR = 2.0
-FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 
 
 def make_case(M, K, P=None, residual=False, seed=0, offset=0.5):
@@ -33,8 +31,8 @@ def check(t, dtype, eps, x=None):
     got = layernorm(**low, eps=eps)
     eager = layernorm(**low, eps=eps, backend="reference")
     assert got.shape == want.shape and got.dtype == dtype and not got.isnan().any()
-    err, eager_err = rel_error(got, want), rel_error(eager, want)
-    assert err <= max(EAGER_FACTOR * eager_err, FLOOR[dtype]), f"{dtype}: error {err:.3g}, eager {eager_err:.3g}"
+    # bound max(2 * eager error, FLOOR[dtype]) == 2 * max(eager error, FLOOR[dtype] / 2)
+    assert_close(f"layernorm ({dtype})", got, want, eager, floor=FLOOR[dtype] / 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

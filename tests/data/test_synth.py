@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/<folder>/ -> repo
 SYNTH_PATH = os.path.join(ROOT, "pyengine", "data", "synth.py")
 SAMPLE_PATH = os.path.join(ROOT, "pyengine", "data", "sample_walk.npz")
 

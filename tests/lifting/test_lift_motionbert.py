@@ -2,7 +2,7 @@
 ``pyengine lift`` feed ``[B, F, 17, 3]`` (x, y, keypoint score) to MotionBERT / HoT-MotionBERT; files without
 scores get 1.0 with a note; seq2seq chunks edge-padded to exactly maxlen; flip TTA mirrors the confidence with
 its joints and never negates it. Tiny random-weight models, reference backend (the fused paths have their own
-parity tests in tests/test_motionbert.py)."""
+parity tests in tests/models/test_motionbert.py)."""
 import json
 import os
 import warnings

@@ -11,10 +11,10 @@ from pyengine.ops.gather_tokens import gather_tokens, gather_tokens_ref
 from pyengine.ops.layernorm import layernorm, layernorm_ref
 from pyengine.ops.ln_linear import ln_linear, ln_linear_ref
 from pyengine.ops.tpc_select import tpc_select
-from pyengine.testing import rel_error
+from pyengine.testing import assert_close, rel_error
 
 pytestmark = pytest.mark.gpu
-FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+GPU_FLOOR = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}  # looser than pyengine.testing.FLOOR
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
@@ -24,8 +24,7 @@ def randn(*shape, dtype=torch.float32, scale=1.0):
 
 def assert_2x_eager(got, eager, want, dtype, what):
     assert torch.isfinite(got).all(), f"{what}: non-finite output (unwritten or overflow)"
-    err, base = rel_error(got, want), rel_error(eager, want)
-    assert err <= 2 * max(base, FLOOR[dtype]), f"{what}: error {err:.3g} vs eager {base:.3g} ({dtype})"
+    assert_close(f"{what} ({dtype})", got, want, eager, floor=GPU_FLOOR[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/<folder>/ -> repo
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_suite.sh")
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import gpu_suite  # noqa: E402
@@ -63,7 +63,7 @@ def test_gpu_test_steps_select_only_tests_that_need_cuda(collected):
     free, ext = steps["gpu-tests"], steps["gpu-tests-ext"]
     assert free and ext and not set(free) & set(ext)
     files = {i.split("::")[0] for i in free}
-    assert {"tests/test_engine_gpu.py", "tests/test_gpu_kernels.py"} <= files
+    assert {"tests/gpu/test_engine_gpu.py", "tests/gpu/test_gpu_kernels.py"} <= files
     assert any("test_tpc_select_triton.py" in i for i in ext) and any("[cuda" in i or "cuda]" in i for i in ext)
     # every selected test skips here for want of a GPU: none of them is an interpreter (CPU) test
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests",

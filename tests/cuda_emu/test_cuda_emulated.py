@@ -17,11 +17,11 @@ import torch
 from pyengine import _C
 from pyengine.models.tpc import dpc_knn_select
 from pyengine.ops.susa import prepare_params
-from pyengine.testing import rel_error
-from test_susa_ops import FLOOR, module_and_params
-from test_tpc_select_op import separated_features
+from pyengine.testing import assert_close, rel_error, separated_features
+from test_susa_ops import module_and_params
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "cuda_emu"))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/cuda_emu/ -> repo
+sys.path.insert(0, os.path.join(ROOT, "tools", "cuda_emu"))
 import emu  # noqa: E402
 
 _OK, _WHY = emu.cxx20_available()
@@ -164,11 +164,11 @@ SUSA_CASES = [(dt, d, ln, (2, 10, 8, 6)) for dt in (F32, F16, BF16) for d in ("h
     (F32, "w", True, (2, 5, 9, 40)), (F16, "h", False, (2, 5, 9, 40)), (BF16, "h", True, (2, 5, 9, 40))]
 
 
-def reference_and_tolerance(m, x):
-    """The fp64 evaluation of module m (same rounded parameters) and the documented tolerance: 2x the
-    same-precision eager error, with the floor of tests/test_susa_ops.py."""
+def reference_and_eager_error(m, x):
+    """The fp64 evaluation of module m (same rounded parameters) and the same-precision eager error: the
+    documented tolerance is ``pyengine.testing.assert_close``'s 2x that error, with the floors of ``FLOOR``."""
     want = copy.deepcopy(m).double()(x.double())
-    return want, 2 * max(rel_error(m(x), want), FLOOR[x.dtype])
+    return want, rel_error(m(x), want)
 
 
 def run_susa(cuda_emu, x, params, h_wise, c_out=None, out_index=None):
@@ -185,14 +185,13 @@ def test_emulated_susa_matches_reference(cuda_emu, dtype, direction, ln, shape):
     N, C, H, W = shape
     m, raw = module_and_params(direction, C, ln, dtype, seed=C)
     x = torch.randn(N, C, H, W, generator=torch.Generator().manual_seed(C + 1)).to(dtype)
-    want, tol = reference_and_tolerance(m, x)
+    want, eager_err = reference_and_eager_error(m, x)
     params = prepare_params(C, *raw)
     got = run_susa(cuda_emu, x, params, direction == "h")
-    err = rel_error(got, want)
-    assert err <= tol, f"emulated CUDA: error {err:.3g}, tolerance {tol:.3g}"
+    assert_close("emulated CUDA", got, want, eager_err)
     cpp = torch.empty_like(x)
     _C.susa_cpu(x, *params, direction == "h", cpp, torch.arange(C, dtype=torch.int32))
-    assert rel_error(got, cpp) <= tol
+    assert_close("emulated CUDA vs C++", got, cpp, eager_err)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "channel_slice"])
@@ -204,11 +203,11 @@ def test_emulated_susa_strided_input_and_shuffled_output(cuda_emu, layout):
     params = prepare_params(C, *raw)
     index = torch.randperm(2 * C, generator=torch.Generator().manual_seed(2))[:C].to(torch.int32)
     got = run_susa(cuda_emu, x, params, False, c_out=2 * C, out_index=index)
-    want, tol = reference_and_tolerance(m, x)
+    want, eager_err = reference_and_eager_error(m, x)
     written = torch.zeros(2 * C, dtype=torch.bool)
     written[index.long()] = True
     assert torch.isnan(got[:, ~written]).all(), "channels outside out_index were written"
-    assert rel_error(got[:, index.long()], want) <= tol
+    assert_close("emulated CUDA, shuffled", got[:, index.long()], want, eager_err)
 
 
 def test_emulated_susa_out_of_range_out_index_is_skipped(cuda_emu):
@@ -223,9 +222,9 @@ def test_emulated_susa_out_of_range_out_index_is_skipped(cuda_emu):
     cuda_emu.susa(x, params, True, out, index)
     assert torch.isnan(buf[:N * C * H * W]).all() and torch.isnan(buf[2 * N * C * H * W:]).all()
     assert out[:, [1, 3, 5]].isnan().all(), "channels whose index was skipped were written"
-    want, tol = reference_and_tolerance(m, x)
+    want, eager_err = reference_and_eager_error(m, x)
     valid = [0, 2, 4]  # out_index[c] == c there
-    assert rel_error(out[:, valid], want[:, valid]) <= tol
+    assert_close("emulated CUDA, valid channels", out[:, valid], want[:, valid], eager_err)
 
 
 def test_emulated_susa_shared_memory_limit(cuda_emu):

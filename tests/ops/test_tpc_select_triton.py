@@ -4,21 +4,9 @@ import pytest
 import torch
 
 import pyengine
-from pyengine.models.tpc import dpc_knn_scores, dpc_knn_select
+from pyengine.models.tpc import dpc_knn_select
 from pyengine.ops.tpc_select import tpc_select_op
-
-
-def separated_features(B, N, C, keep, seed, min_gap=1e-5):
-    """Random features whose reference scores around the selection boundary (the centre excluded when
-    ``center`` is used, hence the extra rank) differ by a relative margin far above fp32 rounding."""
-    gen = torch.Generator().manual_seed(seed)
-    lo, hi = max(0, keep - 2), min(N - 1, keep)
-    for _ in range(200):
-        x = torch.randn(B, N, C, generator=gen)
-        s = dpc_knn_scores(x.double())[0].sort(dim=-1, descending=True).values
-        if lo >= hi or ((s[:, lo:hi] - s[:, lo + 1:hi + 1]) > min_gap * s[:, lo:hi].abs()).all():
-            return x
-    raise AssertionError("could not draw well-separated scores")
+from pyengine.testing import separated_features  # boundary scores 1e-5 apart (relative), far above fp32 rounding
 
 
 def select(x, keep, backend, **kw):

@@ -1,7 +1,7 @@
 """CUDA-graph latency mode (pyengine/cuda_graphs.py) on CPU: the signature, weight-state and fallback logic of
 ``GraphedForward`` with a fake capturer. The fake "graph" refuses to replay once the model's weights differ
 from those at capture (a real graph would read stale or freed memory there), so every test below would fail on
-a stale replay. The real capture runs in tests/test_engine_gpu.py on a GPU."""
+a stale replay. The real capture runs in tests/gpu/test_engine_gpu.py on a GPU."""
 import contextlib
 import warnings
 

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from pyengine.backends import BackendUnavailableError, cpp_extension
 from pyengine.ops import dwconv3x3 as dwconv3x3_exported
 from pyengine.ops.dwconv3x3 import (dwconv3x3, dwconv3x3_op, dwconv3x3_ref, prepare_weights, run_prepared)
-from pyengine.testing import dispatched_ops, rel_error
+from pyengine.testing import assert_close, dispatched_ops, rel_error
 
-FLOOR = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (N, C, H, W): C = 1, odd sizes, a single pixel, a width with a ragged 8-wide strip, the X-HRNet 64x48 size
 SHAPES = [(1, 1, 1, 1), (3, 3, 2, 3), (1, 8, 7, 5), (3, 5, 9, 16), (1, 20, 64, 48), (3, 20, 13, 97), (1, 12, 1, 9)]
@@ -60,8 +59,7 @@ def check(shape, layout, dtype):
     assert got.dtype == dtype and got.shape == x.shape
     fmt = torch.channels_last if expect_channels_last(x) else torch.contiguous_format
     assert got.is_contiguous(memory_format=fmt)
-    err = rel_error(got, want)
-    assert err <= 2 * max(eager_err, FLOOR[dtype]), f"error {err:.3g} vs eager {eager_err:.3g}"
+    assert_close(f"dwconv3x3 {layout} ({dtype})", got, want, eager_err)  # floors: pyengine.testing.FLOOR
     return got
 
 

@@ -13,7 +13,7 @@ from pyengine import cli
 from pyengine.data import synth
 from test_lift import one_thread  # noqa: F401  (autouse fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/<folder>/ -> repo
 MODEL = ["--random-weights", "--seed", "5", "--backend", "reference", "--device", "cpu", "--arch", "mixste",
          "--frames", "8", "--channel", "16", "--depth", "2", "--heads", "2", "--no-progress"]
 
