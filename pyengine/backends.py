@@ -1,11 +1,50 @@
-"""Backend names, the error for a backend that cannot run, access to the compiled extension, and the device
-guard every kernel launch runs under."""
+"""Backend names, the error for a backend that cannot run, what ``backend="auto"`` means for a single op wrapper,
+access to the compiled extension, and the device guard every kernel launch runs under."""
 import contextlib
+import os
 import threading
 
 import torch
 
+# The one definition of the backend names (pyengine.load, dispatch, the drop-in modules and the op wrappers read it).
 BACKENDS = ("auto", "reference", "triton", "cuda", "cpp")
+
+# The implementations each op wrapper in pyengine/ops/ runs (its ``backend=`` values besides "auto"), in the order
+# ``backend="auto"`` tries them for a direct call of the wrapper: the first that runs on x's device. A whole model's
+# kernels (including ATen's dense kernels, which the wrappers do not run) come from ``pyengine.dispatch.TABLE``.
+OP_IMPLS = {
+    "ln_linear": ("triton", "reference"),
+    "layernorm": ("triton", "reference"),
+    "attention": ("triton", "reference"),
+    "gather_tokens": ("triton", "reference"),
+    "tpc_select": ("cpp", "triton", "cuda", "reference"),
+    "susa": ("cpp", "triton", "cuda", "reference"),
+    "dwconv3x3": ("cpp", "reference"),
+}
+
+
+def _runs_on(impl: str, device_type: str) -> bool:
+    if impl == "cpp":
+        return device_type == "cpu"
+    if impl == "triton":
+        return device_type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if impl == "cuda":
+        return device_type == "cuda"
+    return True  # reference: eager torch, any device
+
+
+def op_backend(op: str, backend: str, x: torch.Tensor) -> str:
+    """The implementation a direct call of op wrapper ``op`` runs for ``backend``: ``backend`` itself unless it is
+    ``"auto"``, which picks the first of ``OP_IMPLS[op]`` that runs on x's device (pyengine's C++ kernel on CPU
+    where the op has one, else Triton on CUDA -- or on CPU under ``TRITON_INTERPRET=1`` -- else the reference).
+    On any other device (meta, ...) it names the op's first implementation, whose wrapper then says why it cannot
+    run there (no silent fallback to the reference)."""
+    if backend != "auto":
+        return backend
+    dev = x.device.type if isinstance(x, torch.Tensor) else "cpu"
+    if dev not in ("cpu", "cuda"):
+        return OP_IMPLS[op][0]
+    return next(impl for impl in OP_IMPLS[op] if _runs_on(impl, dev))
 
 
 class BackendUnavailableError(RuntimeError):

@@ -2,11 +2,13 @@
 
 Backends of a whole model (``pyengine.load(..., backend=...)``):
 
-* ``"triton"``: pyengine's Triton kernels for every op (CUDA tensors; CPU tensors only under
-  ``TRITON_INTERPRET=1``, which is how CI runs them).
+* ``"triton"``: pyengine's Triton kernels for every op that has one (CUDA tensors; CPU tensors only under
+  ``TRITON_INTERPRET=1``, which is how CI runs them); the SUSA units' depthwise 3x3 conv, which has none, runs on
+  ATen's ``F.conv2d`` (cuDNN).
 * ``"cuda"`` / ``"cpp"``: pyengine's hand-written CUDA / C++ kernels for the irregular ops that have them
-  (DPC-kNN selection, SUSA), and ATen's own kernels (cuBLAS / oneDNN GEMMs, ``scaled_dot_product_attention``,
-  ``layer_norm``) for the dense ops, where a hand-written kernel of ours would not beat the vendor library.
+  (DPC-kNN selection, SUSA, and on CPU the SUSA units' depthwise 3x3 conv), and ATen's own kernels (cuBLAS /
+  oneDNN GEMMs, ``scaled_dot_product_attention``, ``layer_norm``, cuDNN's depthwise conv) for the dense ops, where
+  a hand-written kernel of ours would not beat the vendor library.
   ``"cuda"`` needs CUDA tensors, ``"cpp"`` CPU tensors.
 * ``"reference"``: the eager reference model itself.
 * ``"auto"``: on CPU the ``"cpp"`` table; on CUDA the fastest implementation measured per op (see
@@ -25,21 +27,24 @@ from .backends import BACKENDS, BackendUnavailableError
 # The op wrappers, imported once (each imports its Triton kernel module only when it launches one, so
 # TRITON_INTERPRET may still be set after this import).
 from .ops.attention import attention, attention_ref
+from .ops.dwconv3x3 import dwconv3x3_ref
+from .ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from .ops.gather_tokens import gather_tokens
 from .ops.layernorm import layernorm, layernorm_ref
 from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
+from .ops.susa import run_prepared as susa_prepared
 from .ops.tpc_select import tpc_select
 
-OPS = ("ln_linear", "layernorm", "attention", "tpc_select", "gather_tokens")
+OPS = ("ln_linear", "layernorm", "attention", "tpc_select", "gather_tokens", "susa", "dwconv3x3")
 
 # op -> backend -> implementation. "aten" / "sdpa" / "index" are torch's own kernels (see module docstring).
 TABLE = {
     "triton": {"ln_linear": "triton", "layernorm": "triton", "attention": "triton", "tpc_select": "triton",
-               "gather_tokens": "triton"},
+               "gather_tokens": "triton", "susa": "triton", "dwconv3x3": "aten"},
     "cuda": {"ln_linear": "aten", "layernorm": "aten", "attention": "sdpa", "tpc_select": "cuda",
-             "gather_tokens": "index"},
+             "gather_tokens": "index", "susa": "cuda", "dwconv3x3": "aten"},
     "cpp": {"ln_linear": "aten", "layernorm": "aten", "attention": "sdpa", "tpc_select": "cpp",
-            "gather_tokens": "index"},
+            "gather_tokens": "index", "susa": "cpp", "dwconv3x3": "cpp"},
     "reference": {op: "reference" for op in OPS},
 }
 WHY = {
@@ -51,10 +56,13 @@ WHY = {
     "index": "ATen advanced indexing (a gather is bandwidth-bound; one kernel already)",
     "reference": "eager reference composition",
 }
+# Reasons that depend on the op as well as the implementation.
+WHY_OP = {("dwconv3x3", "aten"): "ATen F.conv2d, depthwise (cuDNN on CUDA), with BatchNorm folded into it: no "
+                                 "pyengine GPU kernel for it"}
 # Per-op choice of "auto" on CUDA. No GPU measurements are recorded yet (benchmarks/results/ has none), so these
 # are the design choice, labelled as such in report(); replace with measured winners when results exist.
 AUTO_CUDA = {"ln_linear": "triton", "layernorm": "triton", "attention": "triton", "tpc_select": "triton",
-             "gather_tokens": "triton"}
+             "gather_tokens": "triton", "susa": "triton", "dwconv3x3": "aten"}
 AUTO_CUDA_MEASURED = False
 
 
@@ -101,10 +109,15 @@ def resolve(backend: str, device) -> dict:
     if backend == "auto":
         if dev == "cuda":
             tag = "measured fastest on CUDA" if AUTO_CUDA_MEASURED else "auto on CUDA (not yet GPU-measured)"
-            return {op: Choice(op, impl, f"{WHY[impl]}; {tag}") for op, impl in AUTO_CUDA.items()}
+            return {op: Choice(op, impl, f"{why(op, impl)}; {tag}") for op, impl in AUTO_CUDA.items()}
         backend = "cpp"
-        return {op: Choice(op, impl, f"{WHY[impl]}; auto on CPU") for op, impl in TABLE["cpp"].items()}
-    return {op: Choice(op, impl, WHY[impl]) for op, impl in TABLE[backend].items()}
+        return {op: Choice(op, impl, f"{why(op, impl)}; auto on CPU") for op, impl in TABLE["cpp"].items()}
+    return {op: Choice(op, impl, why(op, impl)) for op, impl in TABLE[backend].items()}
+
+
+def why(op: str, impl: str) -> str:
+    """Why implementation ``impl`` runs ``op`` (``WHY_OP`` where the reason depends on the op, else ``WHY``)."""
+    return WHY_OP.get((op, impl), WHY[impl])
 
 
 def sdpa_attention(q, k, v):
@@ -163,3 +176,16 @@ class Ops:
             out = x[batch, index]
             return out if add is None else out + add
         return gather_tokens(x, index, add, backend=impl, check_values=False)  # no host sync in the forward
+
+    def susa(self, x, params, h_wise, out=None, out_index=None):
+        """``pyengine::susa`` on x with parameters from ``ops.susa.prepare_params`` (the SUSA drop-ins' path; with
+        ``out`` / ``out_index``, result channel c goes to ``out[:, out_index[c]]``)."""
+        return susa_prepared(x, params, h_wise, backend=self.impl["susa"], out=out, out_index=out_index)
+
+    def dwconv3x3(self, x, weight, bias):
+        """Depthwise 3x3 conv (stride 1, padding 1) with fp32 ``weight [C, 9]``, ``bias [C]`` (e.g. from
+        ``ops.dwconv3x3.fold_batchnorm``): the C++ op, or ATen's ``F.conv2d`` ("aten"; cuDNN on CUDA)."""
+        impl = self.impl["dwconv3x3"]
+        if impl in ("aten", "reference"):
+            return dwconv3x3_ref(x, weight, bias)
+        return dwconv3x3_prepared(x, weight, bias, backend=impl)

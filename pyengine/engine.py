@@ -47,19 +47,25 @@ class _FusedTable(dict):
 
 # Architectures with a fused implementation.
 FUSED = _FusedTable()
-# SUSA drop-ins carry their own ``backend`` (resolved per call: "auto" is cpp on CPU, triton on CUDA).
-# reference class -> its drop-in, for the modules that carry their own ``backend`` (the SUSA family, from the registry)
-SUSA_DROP_INS = {spec.reference: spec.fused_class() for spec in archs.SPECS.values()
-                 if spec.io == "feature_map" and spec.fused is not None}
+
+
+def drop_ins():
+    """reference class -> fused class, for the registered architectures whose fused class is built around a
+    reference module by ``from_reference`` (sharing its parameters); read live from ``pyengine.arch.SPECS``."""
+    out = {}
+    for spec in archs.SPECS.values():
+        cls = spec.fused_class()
+        if cls is not None and hasattr(cls, "from_reference"):
+            out[spec.reference] = cls
+    return out
 
 
 def set_backend(model, backend, allow_tf32=False):
-    """Set the backend of every fused module in ``model`` (Fused modules and SUSA drop-ins)."""
-    if isinstance(model, Fused):
-        model.set_backend(backend, allow_tf32)
+    """Set the backend of every fused module in ``model``."""
     for m in model.modules():
-        if type(m) in SUSA_DROP_INS.values():
-            m.backend = backend
+        if isinstance(m, Fused):
+            m.backend, m.allow_tf32 = backend, allow_tf32
+            m.__dict__["_ops_cache"] = {}
     return model
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,10 +118,11 @@ def _candidates(module):
 
 def _recognise(module):
     """A fused module with exactly ``module``'s parameter names and shapes, or None."""
-    if isinstance(module, Fused) or type(module) in SUSA_DROP_INS.values():
+    if isinstance(module, Fused):
         return None
-    if type(module) in SUSA_DROP_INS:  # pyengine's SUSA references: the drop-in shares their parameters
-        return SUSA_DROP_INS[type(module)].from_reference(module)
+    fused_cls = drop_ins().get(type(module))
+    if fused_cls is not None:  # a registered reference class (the SUSA family): the drop-in shares its parameters
+        return fused_cls.from_reference(module)
     sd = module.state_dict()
     for build in _candidates(module):
         new = build()

@@ -78,8 +78,8 @@ def test_auto_on_cpu_is_the_cpp_table_and_report_is_complete():
     fused = [n for n, m in model.named_modules() if isinstance(m, Fused)]
     for name in fused:  # every fused module has a row
         assert any(r.module == (name or "(model)") for r in rows), name
-    for op, impl in dispatch.TABLE["cpp"].items():
-        assert f"{op}={impl}" in text
+    for op in ("ln_linear", "layernorm", "attention", "tpc_select", "gather_tokens"):  # the ops this model runs
+        assert f"{op}={dispatch.TABLE['cpp'][op]}" in text
     assert "auto on CPU" in text and "torch glue" in text
     # A reference model says why it is the reference.
     plain = pyengine.load(ref, backend="reference")
@@ -113,6 +113,64 @@ def test_susa_family_through_the_engine(arch, cfg, backend):
     with torch.no_grad():
         want, base, got = ref.double()(x.double()), ref.float()(x), fast(x)
     assert rel_error(got, want) <= max(1e-5, 2 * rel_error(base, want))
+
+
+def test_dispatch_table_covers_every_op_and_backend():
+    """One table: every op in dispatch.OPS has an implementation, with a reason, for every backend in TABLE and for
+    "auto" on CUDA; the backends are backends.BACKENDS (the one definition), and every op wrapper's own "auto"
+    (backends.OP_IMPLS) covers the same ops."""
+    from pyengine import backends
+    assert set(dispatch.TABLE) | {"auto"} == set(backends.BACKENDS)
+    for backend, row in dispatch.TABLE.items():
+        assert set(row) == set(dispatch.OPS), backend
+        assert all(dispatch.why(op, impl) for op, impl in row.items())
+    assert set(dispatch.AUTO_CUDA) == set(dispatch.OPS)
+    assert set(backends.OP_IMPLS) == set(dispatch.OPS)
+    for backend in ("cpp", "reference", "auto"):
+        assert set(dispatch.resolve(backend, "cpu")) == set(dispatch.OPS)
+    from pyengine.nn import susa as dn
+    assert dn.BACKENDS is backends.BACKENDS
+
+
+def test_op_wrappers_share_one_signature_convention():
+    """Every op wrapper in pyengine.ops: inputs first, options keyword-only, ``backend="auto"`` keyword-only."""
+    import inspect
+    import pyengine.ops as ops
+    for name in ops.__all__:
+        params = inspect.signature(getattr(ops, name)).parameters
+        assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert params["backend"].default == "auto", name
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton", "reference", "auto"])
+def test_susa_drop_ins_resolve_through_the_dispatch_table(backend, monkeypatch):
+    """The SUSA drop-ins are ordinary fused modules: their kernels are dispatch.resolve's, report() names them per
+    backend (each reason once), and a changed table entry changes what they run."""
+    cfg = dict(in_channels=16, out_channels=16)
+    ref = randomize_(pyengine.arch.MODELS["px_shuffle_unit"](**cfg), seed=5).eval()
+    if backend == "reference":  # load(backend="reference") returns the reference itself; the drop-in can run it too
+        from pyengine.nn.susa import PXShuffleUnit
+        fast = PXShuffleUnit.from_reference(ref, backend="reference")
+    else:
+        fast = pyengine.load(ref, backend=backend, device="cpu")
+    assert isinstance(fast, Fused)
+    choice = dispatch.resolve(backend, "cpu")
+    text = str(fast.report())
+    for op in ("susa", "dwconv3x3"):
+        assert f"{op}={choice[op].impl}" in text
+        assert f"{choice[op].impl}: {choice[op].why}" in text
+    reasons = text.split("why:\n")[1].splitlines()
+    assert len(reasons) == len(set(reasons))
+    x = torch.randn(2, 16, 7, 5)
+    with torch.no_grad():
+        want = ref(x)
+        torch.testing.assert_close(fast(x), want, rtol=1e-4, atol=1e-5)
+    if backend == "cpp":  # the module asks the table: the depthwise conv moves to ATen's F.conv2d
+        monkeypatch.setitem(dispatch.TABLE["cpp"], "dwconv3x3", "aten")
+        fresh = pyengine.load(ref, backend="cpp", device="cpu")
+        assert "dwconv3x3=aten" in str(fresh.report())
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(x), want, rtol=1e-4, atol=1e-5)
 
 
 def test_fused_state_dict_keeps_the_published_format():

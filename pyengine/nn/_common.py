@@ -1,5 +1,6 @@
-"""Plumbing shared by the drop-in modules: backend resolution per device, stacked-weight caches, and the
-fused pre-norm transformer block used by the MHG encoders and MixSTE."""
+"""Plumbing shared by the drop-in modules (every model in :mod:`pyengine.nn`, the SUSA family included): backend
+resolution per device, stacked-weight caches, and the fused pre-norm transformer block used by the MHG encoders and
+MixSTE."""
 import torch
 from torch import nn
 
@@ -10,7 +11,9 @@ from .report import report
 
 class Fused(nn.Module):
     """Mixin for drop-in modules. ``backend`` is resolved against the input's device on first use (cached per
-    device); ``set_backend`` changes it for this module and every fused module below it."""
+    device) by ``pyengine.dispatch.resolve``, the one table of op x backend -> kernel; the module calls its ops
+    through the resulting ``dispatch.Ops``. ``set_backend`` changes it for this module and every fused module below
+    it. ``report_parts`` (class attribute): what each part of the forward does -> the ops it runs, for report()."""
 
     backend = "auto"
     allow_tf32 = False

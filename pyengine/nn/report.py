@@ -1,11 +1,11 @@
 """``report()``: what runs where in a model — every fused part, the kernel each op runs on, and why (each reason
-once). The metadata lives on the fused classes (``report_parts``, ``report_glue``; the SUSA drop-ins'
-``report_what``), so this module imports no model code: ``Fused.report`` and ``pyengine.report`` both call it."""
+once). The metadata lives on the fused classes (``report_parts``: what each part does -> the ops it runs;
+``report_glue``), the SUSA drop-ins included, so this module imports no model code: ``Fused.report`` and
+``pyengine.report`` both call it."""
 import dataclasses
 
 import torch
 
-from .. import dispatch
 from ..cuda_graphs import graph_status
 
 
@@ -47,17 +47,7 @@ def report(model) -> Report:
     info = getattr(model, "pyengine", None)
     device = _device_of(model)
     fused = [(n, m) for n, m in model.named_modules() if callable(getattr(m, "ops_for", None))]  # Fused modules
-    drop_ins = [(n, m) for n, m in model.named_modules() if hasattr(type(m), "report_what")]  # the SUSA family
-    for name, m in drop_ins:
-        impl = m.backend if m.backend != "auto" else ("triton" if device.type == "cuda" else "cpp")
-        kernels = f"susa={impl}"
-        why = [f"{impl}: {dispatch.WHY[impl]}" + (" (auto)" if m.backend == "auto" else "")]
-        if getattr(type(m), "report_dwconv", False) and impl != "reference":  # the folded dwconv between the units' SUSAs
-            dw = "cpp" if impl == "cpp" else "aten"
-            kernels += f" dwconv3x3={dw}"
-            why.append(f"dwconv3x3={dw}: " + ("pyengine C++ kernel (OpenMP)" if dw == "cpp" else "cuDNN depthwise conv"))
-        rows.append(ReportRow(name or "(model)", type(m).report_what, kernels, "\n".join(why)))
-    if not fused and not drop_ins:
+    if not fused:
         why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
         rows.append(ReportRow("(whole model)", type(model).__name__, "reference", f"reference: {why}"))
     for name, m in fused:

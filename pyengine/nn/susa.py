@@ -5,42 +5,37 @@ arguments, parameter names and state_dict keys (a reference or published state_d
 and adds ``backend=``:
 
 * ``"cpp"`` (CPU tensors), ``"triton"`` (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``), ``"cuda"``;
-* ``"auto"``: ``"cpp"`` for CPU inputs, ``"triton"`` for CUDA inputs (decided per call from x's device);
+* ``"auto"``: ``"cpp"`` for CPU inputs, ``"triton"`` for CUDA inputs;
 * ``"reference"``: the eager reference forward.
+
+They are fused modules like the others in :mod:`pyengine.nn` (:class:`pyengine.nn._common.Fused`): the kernel of
+each op (``susa``, ``dwconv3x3``) comes from ``pyengine.dispatch.resolve`` for the backend on x's device (cached
+per device), the modules call them through ``dispatch.Ops``, and ``set_backend`` / ``report()`` work as for every
+fused model.
 
 Channel split, concat and channel shuffle cost no copies: the kernels read channel slices through strides and
 write each result channel straight to its shuffled position (an int32 index table per SUSA, kept as a
 non-persistent buffer). The units' 3x3 depthwise conv + BatchNorm is one depthwise conv with BN folded into it
-(``pyengine::dwconv3x3`` in C++ on CPU, ``F.conv2d`` on CUDA), so the units are inference-only: they raise in
+(``pyengine::dwconv3x3`` in C++ on CPU, ATen's ``F.conv2d`` on CUDA), so the units are inference-only: they raise in
 training mode (call ``.eval()``). Converted parameters and the fold are cached per parameter version.
 
 ``Cls.from_reference(module, backend)`` builds the drop-in around an existing reference module, sharing its
 parameters (no copies), e.g. to swap the modules of a loaded model in place.
 """
 import torch
-import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError
+from ..backends import BACKENDS, BackendUnavailableError
 from ..models import susa as ref
-from ..ops._nchw import new_output
-from ..ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
-from ..ops.susa import check_input, prepare_params, run_prepared, shuffle_index
-from ._common import version_cached
+from ..ops.dwconv3x3 import fold_batchnorm
+from ..ops.susa import check_input, new_output, prepare_params, shuffle_index
+from ._common import Fused, version_cached
 
 __all__ = ["HSUSA", "WSUSA", "HWSUSA", "SXShuffleUnit", "PXShuffleUnit"]
-
-BACKENDS = ("auto", "reference", "triton", "cuda", "cpp")
 
 
 def _check_backend(backend, what):
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"{what}: backend={backend!r} is not available (choose from {BACKENDS})")
-    return backend
-
-
-def _resolve(backend, x):
-    if backend == "auto":
-        return "triton" if x.device.type == "cuda" else "cpp"
     return backend
 
 
@@ -65,30 +60,19 @@ def _prepared(owner, name, m):
     return _cached(owner, name, src, lambda: prepare_params(m.channels, *src))
 
 
-def _run(owner, name, m, x, direction, backend, out=None, out_index=None):
+def _run(owner, name, m, x, direction, ops, out=None, out_index=None):
     """SUSA ``m`` (reference or drop-in H/W-SUSA, held by ``owner`` as ``name``) on x through the fused op."""
     h_wise = check_input(x, m.group_weight, direction)
-    return run_prepared(x, _prepared(owner, name, m), h_wise, backend, out, out_index)
+    return ops.susa(x, _prepared(owner, name, m), h_wise, out, out_index)
 
 
-def _fold(m):
-    """BatchNorm (running statistics) of ``m.bn`` folded into the depthwise 3x3 ``m.conv``: fp32 ``([C, 9], [C])``."""
-    bn = m.bn
-    scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
-    weight = (m.conv.weight.float() * scale[:, None, None, None]).reshape(-1, 9).contiguous()
-    return weight, (bn.bias.float() - bn.running_mean.float() * scale).contiguous()
-
-
-def _folded_dwconv(owner, x, m, backend):
-    """3x3 depthwise conv + BatchNorm of ``m`` (``branch2[1]`` of a unit) on x: the C++ ``pyengine::dwconv3x3`` for
-    backend "cpp", ATen's ``F.conv2d`` (cuDNN) on CUDA. The fold is cached per parameter version, like the SUSA
-    parameters."""
+def _folded_dwconv(owner, x, m, ops):
+    """3x3 depthwise conv + BatchNorm of ``m`` (``branch2[1]`` of a unit) on x, BN folded into the conv
+    (``ops.dwconv3x3.fold_batchnorm``), on the ``dwconv3x3`` kernel of ``ops`` (C++ on CPU, ATen's ``F.conv2d`` --
+    cuDNN -- on CUDA). The fold is cached per parameter version, like the SUSA parameters."""
     sources = (m.conv.weight, m.bn.weight, m.bn.bias, m.bn.running_mean, m.bn.running_var, m.bn.eps)
-    weight, bias = _cached(owner, "branch2.1", sources, lambda: _fold(m))
-    if backend == "cpp":
-        return dwconv3x3_prepared(x, weight, bias, "cpp")
-    c = x.shape[1]
-    return F.conv2d(x, weight.reshape(c, 1, 3, 3).to(x.dtype), bias.to(x.dtype), padding=1, groups=c)
+    weight, bias = _cached(owner, "branch2.1", sources, lambda: fold_batchnorm(m.conv.weight, m.bn))
+    return ops.dwconv3x3(x, weight, bias)
 
 
 def _share_susa(dst, src):
@@ -103,7 +87,7 @@ def _finish(new, module):
     return new.to(p.device)  # only the index buffers move; the shared parameters are already there
 
 
-class _StripeSUSA:
+class _StripeSUSA(Fused):
     """The fused forward shared by H-wise and W-wise SUSA; subclasses set the direction and their reference."""
 
     DIRECTION, REFERENCE, LIMIT = "h", ref.HSUSA, {"max_h": ref.GROUP_WEIGHT_H}
@@ -114,10 +98,10 @@ class _StripeSUSA:
 
     def forward(self, x):
         ref._check_input(x, type(self).__name__, self.channels, **self.LIMIT)
-        backend = _resolve(self.backend, x)
-        if backend == "reference":
+        ops = self.ops_for(x)
+        if ops.impl["susa"] == "reference":
             return super().forward(x)
-        return _run(self, "self", self, x.to(self.group_weight.dtype), self.DIRECTION, backend)
+        return _run(self, "self", self, x.to(self.group_weight.dtype), self.DIRECTION, ops)
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):
@@ -132,13 +116,13 @@ class _StripeSUSA:
 class HSUSA(_StripeSUSA, ref.HSUSA):
     """H-wise SUSA (a gate per row) on the fused kernel. ``HSUSA(channels, ln_enable=True, backend="auto")``."""
 
-    report_what = "H-wise SUSA, one fused op"
+    report_parts = {"H-wise SUSA, one fused op": ("susa",)}
 
 
 class WSUSA(_StripeSUSA, ref.WSUSA):
     """W-wise SUSA (a gate per column) on the fused kernel. ``WSUSA(channels, ln_enable=True, backend="auto")``."""
 
-    report_what = "W-wise SUSA, one fused op"
+    report_parts = {"W-wise SUSA, one fused op": ("susa",)}
 
     DIRECTION, REFERENCE, LIMIT = "w", ref.WSUSA, {"max_w": ref.GROUP_WEIGHT_W}
 
@@ -152,21 +136,21 @@ def _hw_indices(h_channels, w_channels, groups, shuffle, scale=1, base=0):
             shuffle_index(c, g, h_channels, w_channels, scale=scale, base=base))
 
 
-def _hw_write(owner, name, m, x, out, h_index, w_index, backend):
+def _hw_write(owner, name, m, x, out, h_index, w_index, ops):
     """HW-SUSA ``m`` (its ``hconv`` / ``wconv`` parameters; held by ``owner`` as ``name``) on x, written into out
     at the given channels."""
     x1 = x.narrow(1, 0, m.h_channels)
     x2 = x.narrow(1, m.h_channels, m.w_channels)
-    _run(owner, name + ".hconv", m.hconv, x1, "h", backend, out, h_index)
-    _run(owner, name + ".wconv", m.wconv, x2, "w", backend, out, w_index)
+    _run(owner, name + ".hconv", m.hconv, x1, "h", ops, out, h_index)
+    _run(owner, name + ".wconv", m.wconv, x2, "w", ops, out, w_index)
 
 
-class HWSUSA(ref.HWSUSA):
+class HWSUSA(Fused, ref.HWSUSA):
     """HW-SUSA on the fused kernel: H-wise SUSA on the first ``h_channels``, W-wise on the rest, written straight
     to their concatenated (and, with ``hw_shuffle``, shuffled) positions.
     ``HWSUSA(channels, mode=None, ln_enable=False, hw_shuffle=False, backend="auto")``."""
 
-    report_what = "HW-SUSA: both halves written to their shuffled channels, no copies"
+    report_parts = {"HW-SUSA: both halves written to their shuffled channels, no copies": ("susa",)}
 
     def __init__(self, channels: int, mode=None, ln_enable: bool = False, hw_shuffle: bool = False,
                  backend: str = "auto"):
@@ -178,12 +162,12 @@ class HWSUSA(ref.HWSUSA):
 
     def forward(self, x):
         ref._check_input(x, "HWSUSA", self.channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
-        backend = _resolve(self.backend, x)
-        if backend == "reference":
+        ops = self.ops_for(x)
+        if ops.impl["susa"] == "reference":
             return super().forward(x)
         x = x.to(self.hconv.group_weight.dtype)
         out = new_output(x, self.channels)
-        _hw_write(self, "self", self, x, out, self.h_index, self.w_index, backend)
+        _hw_write(self, "self", self, x, out, self.h_index, self.w_index, ops)
         return out
 
     @classmethod
@@ -206,16 +190,14 @@ def _unit_from_reference(cls, reference, module, backend):
     return _finish(new, module)
 
 
-class _FusedUnit:
+class _FusedUnit(Fused):
     """The forward shared by both units: checks, the passthrough half, then the subclass's fused ``_branch2``."""
-
-    report_dwconv = True  # report(): the folded dwconv between the SUSAs runs on its own kernel
 
     def forward(self, x):
         what = type(self).__name__
         ref._check_input(x, what, self.in_channels, max_h=ref.GROUP_WEIGHT_H, max_w=ref.GROUP_WEIGHT_W)
-        backend = _resolve(self.backend, x)
-        if backend == "reference":
+        ops = self.ops_for(x)
+        if ops.impl["susa"] == "reference":
             return super().forward(x)
         if self.training:
             raise RuntimeError(f"{what}: the fused unit folds BatchNorm's running statistics into the depthwise "
@@ -225,7 +207,7 @@ class _FusedUnit:
         bf = self.branch_features
         # concat(x1, branch2(x2)) shuffled with 2 groups: x1's channel j goes to 2j, branch2's channel j to 2j + 1.
         out[:, 0::2].copy_(x[:, :bf])
-        self._branch2(x.narrow(1, bf, bf), out, backend)
+        self._branch2(x.narrow(1, bf, bf), out, ops)
         return out
 
 
@@ -234,18 +216,18 @@ class SXShuffleUnit(_FusedUnit, ref.SXShuffleUnit):
     dw3x3 conv + BN -> H-SUSA written straight to the odd channels of the output; the first half is copied to the
     even channels. ``SXShuffleUnit(in_channels, out_channels, stride=1, backend="auto")``; inference only."""
 
-    report_what = ("W-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> H-SUSA into shuffled "
-                   "channels")
+    report_parts = {"W-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> H-SUSA into shuffled "
+                    "channels": ("susa", "dwconv3x3")}
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, backend: str = "auto"):
         super().__init__(in_channels, out_channels, stride)
         self.backend = _check_backend(backend, type(self).__name__)
         self.register_buffer("out_index", shuffle_index(self.branch_features, 1, scale=2, base=1), persistent=False)
 
-    def _branch2(self, x2, out, backend):
-        t = _run(self, "branch2.0", self.branch2[0], x2, "w", backend)
-        t = _folded_dwconv(self, t, self.branch2[1], backend)
-        _run(self, "branch2.2", self.branch2[2], t, "h", backend, out, self.out_index)
+    def _branch2(self, x2, out, ops):
+        t = _run(self, "branch2.0", self.branch2[0], x2, "w", ops)
+        t = _folded_dwconv(self, t, self.branch2[1], ops)
+        _run(self, "branch2.2", self.branch2[2], t, "h", ops, out, self.out_index)
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):
@@ -258,8 +240,8 @@ class PXShuffleUnit(_FusedUnit, ref.PXShuffleUnit):
     (its own shuffle composed with the unit's); the first half is copied to the even channels.
     ``PXShuffleUnit(in_channels, out_channels, stride=1, backend="auto")``; inference only."""
 
-    report_what = ("HW-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> HW-SUSA into shuffled "
-                   "channels")
+    report_parts = {"HW-SUSA -> dwconv+BN (folded; C++ dwconv3x3 on CPU, cuDNN on CUDA) -> HW-SUSA into shuffled "
+                    "channels": ("susa", "dwconv3x3")}
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, backend: str = "auto"):
         super().__init__(in_channels, out_channels, stride)
@@ -270,11 +252,11 @@ class PXShuffleUnit(_FusedUnit, ref.PXShuffleUnit):
         for name, t in zip(("first_h_index", "first_w_index", "last_h_index", "last_w_index"), first + last):
             self.register_buffer(name, t, persistent=False)
 
-    def _branch2(self, x2, out, backend):
+    def _branch2(self, x2, out, ops):
         t = new_output(x2, self.branch_features)
-        _hw_write(self, "branch2.0", self.branch2[0], x2, t, self.first_h_index, self.first_w_index, backend)
-        t = _folded_dwconv(self, t, self.branch2[1], backend)
-        _hw_write(self, "branch2.2", self.branch2[2], t, out, self.last_h_index, self.last_w_index, backend)
+        _hw_write(self, "branch2.0", self.branch2[0], x2, t, self.first_h_index, self.first_w_index, ops)
+        t = _folded_dwconv(self, t, self.branch2[1], ops)
+        _hw_write(self, "branch2.2", self.branch2[2], t, out, self.last_h_index, self.last_w_index, ops)
 
     @classmethod
     def from_reference(cls, module, backend: str = "auto"):

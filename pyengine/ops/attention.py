@@ -15,7 +15,7 @@ Implementations, chosen by ``backend``:
 """
 import torch
 
-from ..backends import BackendUnavailableError, device_guard
+from ..backends import BackendUnavailableError, device_guard, op_backend
 
 BACKENDS = ("reference", "triton")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -107,11 +107,13 @@ attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, allow_tf32: bool = False,
-              backend: str = "triton") -> torch.Tensor:
+              backend: str = "auto") -> torch.Tensor:
     """``softmax((q @ k^T) * D**-0.5) @ v`` per (batch, group, head); see the module docstring for layouts.
 
     ``allow_tf32`` lets fp32 inputs use TF32 tensor-core dots (the default is exact fp32, ``"ieee"``).
-    ``backend``: ``"triton"`` (default) or ``"reference"``; any other raises ``BackendUnavailableError``."""
+    ``backend``: ``"triton"``, ``"reference"`` or ``"auto"`` (the default: Triton on CUDA or under the interpreter,
+    else the reference; ``pyengine.backends.op_backend``); any other raises ``BackendUnavailableError``."""
+    backend = op_backend("attention", backend, q)
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"attention: backend={backend!r} is not available (available: {BACKENDS})")
     check_attention_args(q, k, v)

@@ -22,8 +22,9 @@ Inference only: the op has no autograd formula (backward through it raises), and
 the parameters, so neither backend gives weight or bias gradients; train with ``F.conv2d`` itself.
 
 Public entry points: :func:`dwconv3x3` (validates everything, converts the parameters, calls the op);
-:func:`prepare_weights` + :func:`run_prepared` (the same in two steps, for modules that cache the converted
-parameters and validate only x per call).
+:func:`prepare_weights` (or :func:`fold_batchnorm`, for a conv followed by an eval-mode BatchNorm) +
+:func:`run_prepared` (the same in two steps, for modules that cache the converted parameters and validate only x
+per call).
 
 Dispatch cost: a call through the registered op spends ~30 us in the custom-op machinery, as much as the kernel
 itself at the X-HRNet sizes, so plain eager calls run the implementation directly and everything else (compile,
@@ -32,9 +33,11 @@ export, opcheck, modes, the profiler) goes through ``pyengine::dwconv3x3``: see 
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError, cpp_extension
+from ..backends import BackendUnavailableError, cpp_extension, op_backend
 from ._direct import direct_call_ok
 from ._nchw import check_nchw, new_output
+
+__all__ = ["dwconv3x3", "dwconv3x3_ref", "dwconv3x3_op", "prepare_weights", "fold_batchnorm", "run_prepared"]
 
 IMPLS = ("cpp",)
 BACKENDS = ("cpp", "reference")
@@ -116,10 +119,21 @@ def _as_f32(t, shape):
     return t if t.is_contiguous() else t.contiguous()
 
 
-def run_prepared(x, w9, b, backend="cpp"):
+def fold_batchnorm(weight, bn):
+    """A depthwise 3x3 conv ``weight`` (``[C, 1, 3, 3]``, no bias) followed by the eval-mode BatchNorm ``bn``
+    (running statistics), folded into one conv's parameters as the op takes them: fp32 ``(weight [C, 9], bias [C])``.
+    The X-shuffle units' ``branch2[1]`` (conv + BN) is this fold run by :func:`run_prepared`."""
+    scale = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    w9 = (weight.float() * scale.reshape(-1, 1, 1, 1)).reshape(-1, 9).contiguous()
+    return w9, (bn.bias.float() - bn.running_mean.float() * scale).contiguous()
+
+
+def run_prepared(x, w9, b, *, backend="auto"):
     """The op on ``x`` with parameters from :func:`prepare_weights` (``w9 [C, 9]``, ``b [C]`` fp32 contiguous).
-    Validates x, that the parameters match its channels and device, and ``backend`` ("cpp" or "reference");
-    returns ``[N, C, H, W]`` in x's dtype and memory format."""
+    Validates x, that the parameters match its channels and device, and ``backend`` ("cpp", "reference" or
+    "auto": "cpp" on CPU, "reference" -- F.conv2d, cuDNN -- on CUDA); returns ``[N, C, H, W]`` in x's dtype and
+    memory format."""
+    backend = op_backend("dwconv3x3", backend, x)
     check_nchw(x, "dwconv3x3")
     if w9.shape[0] != x.shape[1]:
         raise ValueError(f"dwconv3x3: the prepared weight is for C={w9.shape[0]} channels, x has C={x.shape[1]}")
@@ -140,10 +154,12 @@ def _dispatch(x, w9, b, backend):
                                   f"{', '.join(repr(i) for i in BACKENDS)})")
 
 
-def dwconv3x3(x, weight, bias, *, backend="cpp"):
+def dwconv3x3(x, weight, bias, *, backend="auto"):
     """``F.conv2d(x, weight, bias, padding=1, groups=C)`` for a depthwise 3x3 ``weight`` (``[C, 1, 3, 3]``,
-    ``[C, 9]`` or ``[C, 3, 3]``) and ``bias [C]``, computed by ``backend``: ``"cpp"`` (the C++ op, CPU tensors) or
-    ``"reference"`` (``F.conv2d``). Returns ``[N, C, H, W]`` in x's dtype and memory format. Inference only."""
+    ``[C, 9]`` or ``[C, 3, 3]``) and ``bias [C]``, computed by ``backend``: ``"cpp"`` (the C++ op, CPU tensors),
+    ``"reference"`` (``F.conv2d``) or ``"auto"`` (the default: "cpp" on CPU, "reference" on CUDA). Returns
+    ``[N, C, H, W]`` in x's dtype and memory format. Inference only."""
+    backend = op_backend("dwconv3x3", backend, x)
     check_nchw(x, "dwconv3x3")
     w9, b = prepare_weights(weight, bias, x.shape[1])
     return _dispatch(x, w9, b, backend)

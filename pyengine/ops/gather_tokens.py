@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..backends import BackendUnavailableError, check_compiled_dtype, device_guard
+from ..backends import BackendUnavailableError, check_compiled_dtype, device_guard, op_backend
 
 BACKENDS = ("reference", "triton")
 GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the sm_90-compiled variants (kernels/gather_tokens.py)
@@ -76,13 +76,17 @@ def _backward(ctx, grad):
 gather_tokens_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def gather_tokens(x, index, add=None, backend="reference", check_values=True):
+def gather_tokens(x, index, add=None, *, backend="auto", check_values=True):
     """``[B, keep, R]`` rows of ``x [B, F, R]`` picked by ``index [B, keep]`` (int64, values in ``[0, F)``), plus
     ``add [keep, A]`` (``A`` dividing ``R``, repeated along the row) when given. See the module docstring.
 
     ``check_values=False`` skips the range check of ``index`` (it reads the values on the host, which CUDA-graph
     capture forbids): the fused models pass it for the indices they select themselves. An out-of-range index is
-    then never read out of bounds: the Triton kernel masks it and writes NaN rows."""
+    then never read out of bounds: the Triton kernel masks it and writes NaN rows.
+
+    ``backend``: ``"triton"``, ``"reference"`` or ``"auto"`` (the default: Triton on CUDA or under the interpreter,
+    else the reference; ``pyengine.backends.op_backend``)."""
+    backend = op_backend("gather_tokens", backend, x)
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         got = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x: expected tokens of shape [B, F, R], got {got}")

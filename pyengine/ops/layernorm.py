@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError, check_compiled_dtype, device_guard
+from ..backends import BackendUnavailableError, check_compiled_dtype, device_guard, op_backend
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 GPU_DTYPES = DTYPES[:3]  # float64 runs only under the interpreter (CPU): no sm_90 variant is compiled for it
@@ -121,10 +121,12 @@ def _backward(ctx, grad):
 layernorm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def layernorm(x, weight, bias, *, eps, add=None, residual=None, backend="triton"):
+def layernorm(x, weight, bias, *, eps, add=None, residual=None, backend="auto"):
     """``LN(x) * weight + bias (+ add[m % P]) (+ residual)`` for ``x [M, K]`` (unit column stride, any row
     stride), weight / bias ``[K]``, add ``[P, K]``, residual ``[M, K]``; statistics in fp32 (biased variance, as
-    torch). ``backend``: "reference" (eager PyTorch) or "triton"."""
+    torch). ``backend``: "reference" (eager PyTorch), "triton" or ``"auto"`` (the default: Triton on CUDA or under
+    the interpreter, else the reference; ``pyengine.backends.op_backend``)."""
+    backend = op_backend("layernorm", backend, x)
     if backend not in _BACKENDS:
         raise BackendUnavailableError(f"layernorm: backend={backend!r} is not available (available: "
                                       f"{', '.join(repr(b) for b in _BACKENDS)})")

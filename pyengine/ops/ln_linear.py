@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError, device_guard
+from ..backends import BackendUnavailableError, device_guard, op_backend
 
 ACTIVATIONS = ("none", "gelu")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -216,7 +216,7 @@ ln_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def ln_linear(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, in_cols=None, activation="none",
-              residual=None, allow_tf32=False, backend="triton"):
+              residual=None, allow_tf32=False, backend="auto"):
     """``[M, G*N]`` in x's dtype: group g's columns are
     ``act(LN_g(x[:, c_g:c_g+K]) @ weight[g].T + bias[g]) + residual[:, g*N:(g+1)*N]``.
 
@@ -225,7 +225,9 @@ def ln_linear(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, i
     ``[g*K]`` if ``K_x == G*K``, ``[0]*G`` if ``K_x == K``), activation "none" or "gelu" (exact erf GELU).
     fp32 / fp16 / bf16 (fp64 on the reference, and on Triton under the interpreter), fp32 accumulation and LN
     statistics; fp32 products are exact-fp32 ("ieee") unless ``allow_tf32``. ``backend``: "reference" (eager
-    PyTorch) or "triton"."""
+    PyTorch), "triton" or ``"auto"`` (the default: Triton on CUDA or under the interpreter, else the reference;
+    ``pyengine.backends.op_backend``)."""
+    backend = op_backend("ln_linear", backend, x)
     if backend not in _BACKENDS:
         raise BackendUnavailableError(f"ln_linear: backend={backend!r} is not available (available: "
                                       f"{', '.join(repr(b) for b in _BACKENDS)})")

@@ -28,9 +28,12 @@ from typing import Optional
 
 import torch
 
-from ..backends import BackendUnavailableError, cpp_extension, device_guard
+from ..backends import BackendUnavailableError, cpp_extension, device_guard, op_backend
 from ._direct import direct_call_ok
 from ._nchw import check_nchw, new_output
+
+__all__ = ["susa", "susa_into", "susa_ref", "susa_op", "susa_into_op", "shuffle_index", "check_input",
+           "prepare_params", "prepare", "run_prepared", "new_output"]
 
 IMPLS = ("triton", "cpp", "cuda")
 LN_EPS = 1e-5
@@ -195,10 +198,12 @@ def prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, directi
     return h_wise, prepare_params(x.shape[1], group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b)
 
 
-def run_prepared(x, params, h_wise, backend, out=None, out_index=None):
+def run_prepared(x, params, h_wise, *, backend="auto", out=None, out_index=None):
     """The fused op on an x checked by :func:`check_input` and parameters from :func:`prepare_params` (the
-    drop-in modules' per-call path: their out / out_index are built internally and known to be valid).
-    ``out=None``: returns a new tensor; otherwise writes channel c to ``out[:, out_index[c]]`` and returns out."""
+    drop-in modules' per-call path, through ``pyengine.dispatch.Ops.susa``: their out / out_index are built
+    internally and known to be valid). ``out=None``: returns a new tensor; otherwise writes channel c to
+    ``out[:, out_index[c]]`` and returns out. :func:`new_output` allocates an ``out`` in x's memory format."""
+    backend = op_backend("susa", backend, x)
     _check_param_device(params, x)
     _check_backend(backend, x)
     if backend == "reference":
@@ -230,18 +235,21 @@ def _check_backend(backend, x):
 
 
 def susa(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w=None, ln_b=None, *, direction="h",
-         backend="cpp"):
+         backend="auto"):
     """Fused SUSA: ``direction="h"`` (H-wise, a gate per row) or ``"w"`` (W-wise, a gate per column);
-    ``ln_w=ln_b=None`` is the LN-disabled variant. Returns ``[N, C, H, W]`` in x's dtype and memory format."""
+    ``ln_w=ln_b=None`` is the LN-disabled variant. Returns ``[N, C, H, W]`` in x's dtype and memory format.
+    ``backend``: "cpp", "triton", "cuda", "reference" or "auto" (the default: "cpp" on CPU, "triton" on CUDA;
+    ``pyengine.backends.op_backend``)."""
     h_wise, p = prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, direction)
-    return run_prepared(x, p, h_wise, backend)
+    return run_prepared(x, p, h_wise, backend=backend)
 
 
 def susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w=None, ln_b=None, *, out, out_index,
-              direction="h", backend="cpp"):
+              direction="h", backend="auto"):
     """Like :func:`susa`, but writes result channel c into ``out[:, out_index[c]]`` (``out`` ``[N, C_out, H, W]``
     of x's dtype and device, any strides; ``out_index`` int32 ``[C]`` of distinct channels). Returns ``out``."""
     h_wise, p = prepare(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w, ln_b, direction)
+    backend = op_backend("susa", backend, x)
     _check_backend(backend, x)
     n, c, h, w = x.shape
     if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[0] != n or tuple(out.shape[2:]) != (h, w):
@@ -263,4 +271,4 @@ def susa_into(x, group_weight, mean_w, mean_b, conv_w, conv_b, ln_w=None, ln_b=N
         if lo < 0 or hi >= out.shape[1]:
             raise ValueError(f"susa_into: out_index values must lie in [0, {out.shape[1]}) (out's channels), got "
                              f"[{lo}, {hi}]")
-    return run_prepared(x, p, h_wise, backend, out, out_index.contiguous())
+    return run_prepared(x, p, h_wise, backend=backend, out=out, out_index=out_index.contiguous())

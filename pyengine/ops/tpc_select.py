@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from ..backends import BackendUnavailableError, cpp_extension, device_guard
+from ..backends import BackendUnavailableError, cpp_extension, device_guard, op_backend
 from ..models.tpc import check_select_args, density_noise, dpc_knn_select
 
 tpc_select_ref = dpc_knn_select  # the eager reference, under the op's name (pyengine/models/tpc.py)
@@ -57,9 +57,11 @@ def _(x, keep, k, center, index_ties, noise, impl):
     return x.new_empty((x.shape[0], keep), dtype=torch.int64)
 
 
-def tpc_select(x, keep, k=2, center=None, tie_break="index", noise=None, backend="cpp"):
+def tpc_select(x, keep, *, k=2, center=None, tie_break="index", noise=None, backend="auto"):
     """Indices ``[B, keep]`` (int64, ascending) of the tokens DPC-kNN keeps; same contract as the reference
-    :func:`pyengine.models.tpc.dpc_knn_select`, computed by ``backend`` ("reference", "cpp", "triton", "cuda")."""
+    :func:`pyengine.models.tpc.dpc_knn_select`, computed by ``backend`` ("reference", "cpp", "triton", "cuda", or
+    "auto", the default: "cpp" on CPU, "triton" on CUDA; ``pyengine.backends.op_backend``)."""
+    backend = op_backend("tpc_select", backend, x)
     check_select_args(x, keep, k, center, tie_break)
     if backend == "reference":
         return dpc_knn_select(x, keep, k=k, center=center, tie_break=tie_break, noise=noise)
