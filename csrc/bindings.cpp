@@ -18,6 +18,8 @@ void susa_cpu(const torch::Tensor& x, const torch::Tensor& group_weight, const t
 // 3x3 depthwise conv, stride 1, padding 1, with bias (csrc/dwconv3x3_cpu.cpp). Writes out.
 void dwconv3x3_cpu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                    torch::Tensor& out);
+// Multi-head attention over [B, G, N, H, D] strided views (csrc/attention_cpu.cpp). Returns [B, Nq, G, H, D].
+torch::Tensor attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 #ifdef PYENGINE_WITH_CUDA
 void susa_cuda(const torch::Tensor& x, const torch::Tensor& group_weight, const torch::Tensor& mean_w,
                const torch::Tensor& mean_b, const torch::Tensor& conv_w, const torch::Tensor& conv_b,
@@ -46,4 +48,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.def("dwconv3x3_cpu", &dwconv3x3_cpu, "3x3 depthwise conv (stride 1, padding 1, bias) on the CPU (OpenMP), "
         "writes out", pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("out"));
+  m.def("attention_cpu", &attention_cpu, "softmax(q k^T * D^-0.5) v over [B, G, N, H, D] views on the CPU "
+        "(OpenMP), returns [B, Nq, G, H, D]", pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"));
 }

@@ -12,12 +12,15 @@ Implementations, chosen by ``backend``:
   ``pyengine::attention`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``). Its backward recomputes
   the attention with :func:`attention_ref` under torch autograd (no fused backward kernel: the engine runs
   inference; training through the op is correct but costs the eager memory).
+* ``"cpp"``: ``csrc/attention_cpu.cpp`` (OpenMP over (b, g, h) and query blocks, AVX-512 / AVX2 clones), through
+  the registered op ``pyengine::attention_cpp``, for CPU tensors: float32 / bfloat16 / float16, fp32 math (one
+  rounding to the input dtype at the end). Its backward recomputes with :func:`attention_ref` like the Triton op's.
 """
 import torch
 
-from ..backends import BackendUnavailableError, device_guard, op_backend
+from ..backends import BackendUnavailableError, cpp_extension, device_guard, op_backend
 
-BACKENDS = ("reference", "triton")
+BACKENDS = ("reference", "triton", "cpp")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -106,19 +109,76 @@ def _backward(ctx, grad_out):
 attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _cpp_extension():
+    ext = cpp_extension()
+    if not hasattr(ext, "attention_cpu"):
+        raise BackendUnavailableError("attention: backend='cpp' needs pyengine._C with attention_cpu (this build "
+                                      "predates csrc/attention_cpu.cpp); rebuild it with `pip install "
+                                      "--no-build-isolation -e .`")
+    return ext
+
+
+def _check_cpp_args(q, k, v) -> None:
+    """What the C++ kernel additionally needs (CPU tensors, a kernel dtype, unit head-dim strides)."""
+    if q.device.type != "cpu":
+        raise BackendUnavailableError(f"attention: backend='cpp' runs on CPU tensors, got q on {q.device}; "
+                                      "use backend='triton' (or 'auto') on CUDA")
+    if q.dtype not in DTYPES:
+        raise BackendUnavailableError(f"attention: backend='cpp' takes float32 / float16 / bfloat16, got q of "
+                                      f"dtype {q.dtype}; use backend='reference'")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.shape[-1] > 1 and t.stride(-1) != 1:
+            raise ValueError(f"attention: {name}: expected a unit stride on the last (head) dim, got strides "
+                             f"{list(t.stride())}")
+
+
+@torch.library.custom_op("pyengine::attention_cpp", mutates_args=())
+def attention_cpp_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Raw op (C++ kernel, CPU): q ``[B, G, Nq, H, D]``, k / v ``[B, G, Nk, H, D]`` -> ``[B, Nq, G, H, D]``."""
+    check_attention_args(q, k, v)
+    _check_cpp_args(q, k, v)
+    return _cpp_extension().attention_cpu(q, k, v)
+
+
+@attention_cpp_op.register_fake
+def _(q, k, v):
+    B, G, Nq, H, D = q.shape
+    return q.new_empty((B, Nq, G, H, D))
+
+
+def _setup_context_cpp(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward_cpp(ctx, grad_out):
+    q, k, v = ctx.saved_tensors
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        out = attention_ref(*leaves)
+        return tuple(torch.autograd.grad(out, leaves, grad_out))
+
+
+attention_cpp_op.register_autograd(_backward_cpp, setup_context=_setup_context_cpp)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, allow_tf32: bool = False,
               backend: str = "auto") -> torch.Tensor:
     """``softmax((q @ k^T) * D**-0.5) @ v`` per (batch, group, head); see the module docstring for layouts.
 
     ``allow_tf32`` lets fp32 inputs use TF32 tensor-core dots (the default is exact fp32, ``"ieee"``).
-    ``backend``: ``"triton"``, ``"reference"`` or ``"auto"`` (the default: Triton on CUDA or under the interpreter,
-    else the reference; ``pyengine.backends.op_backend``); any other raises ``BackendUnavailableError``."""
+    ``backend``: ``"triton"``, ``"cpp"`` (CPU tensors), ``"reference"`` or ``"auto"`` (the default: Triton on CUDA
+    or under the interpreter, else the reference; ``pyengine.backends.op_backend``); any other raises
+    ``BackendUnavailableError``."""
     backend = op_backend("attention", backend, q)
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"attention: backend={backend!r} is not available (available: {BACKENDS})")
     check_attention_args(q, k, v)
     if backend == "reference":
         return attention_ref(q, k, v)
+    if backend == "cpp":
+        _check_cpp_args(q, k, v)
+        _cpp_extension()
+        return attention_cpp_op(q, k, v)
     from ..kernels._common import check_triton_device
     check_triton_device(q, k, v, op="attention")
     _check_kernel_args(q, k, v)
