@@ -73,21 +73,46 @@ PYENGINE_INLINE v16f exp_nonpos(v16f x) {
   return p * (v16f)bits;
 }
 
-PYENGINE_INLINE float hmax16(v16f v) {
-  float m = v[0];
-  for (int l = 1; l < 16; ++l) m = v[l] > m ? v[l] : m;
-  return m;
+// Horizontal max / sum of 16 lanes by halving (a fixed order: deterministic, and 4 dependent steps, not 15).
+PYENGINE_INLINE v8f lo8(v16f v) {
+  v8f r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+PYENGINE_INLINE v8f hi8(v16f v) {
+  v8f r;
+  std::memcpy(&r, reinterpret_cast<const char*>(&v) + sizeof r, sizeof r);
+  return r;
+}
+PYENGINE_INLINE v4f lo4(v8f v) {
+  v4f r;
+  std::memcpy(&r, &v, sizeof r);
+  return r;
+}
+PYENGINE_INLINE v4f hi4(v8f v) {
+  v4f r;
+  std::memcpy(&r, reinterpret_cast<const char*>(&v) + sizeof r, sizeof r);
+  return r;
 }
 
-PYENGINE_INLINE float hsum16(v16f v) {  // a fixed pairwise order
-  float s[8];
-  for (int l = 0; l < 8; ++l) s[l] = v[l] + v[l + 8];
-  for (int l = 0; l < 4; ++l) s[l] = s[l] + s[l + 4];
-  return (s[0] + s[2]) + (s[1] + s[3]);
+PYENGINE_INLINE float hmax16(v16f v) {
+  const v8f a = lo8(v), b = hi8(v);
+  const v8f m8 = a > b ? a : b;
+  const v4f c = lo4(m8), d = hi4(m8);
+  const v4f m4 = c > d ? c : d;
+  const float x = m4[0] > m4[2] ? m4[0] : m4[2];
+  const float y = m4[1] > m4[3] ? m4[1] : m4[3];
+  return x > y ? x : y;
+}
+
+PYENGINE_INLINE float hsum16(v16f v) {
+  const v8f s8 = lo8(v) + hi8(v);
+  const v4f s4 = lo4(s8) + hi4(s8);
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // S[r, j] = (sum_d Q[r][d] Kt[d, j]) * scale for r < kRows, j < ldk (ldk a multiple of 8); Q: kRows fp32 rows of
-// D, S row stride lds. Keys in tiles of 32, then 16, then 8.
+// D, S row stride lds. Keys in tiles of 32, then 24 (16 + 8 in one pass) or 16, then 8.
 PYENGINE_CLONES void scores_block(const float* const* Q, int64_t D, const float* __restrict Kt, int64_t ldk,
                                   float scale, float* __restrict S, int64_t lds) {
   const float* __restrict q0 = Q[0];
@@ -110,6 +135,23 @@ PYENGINE_CLONES void scores_block(const float* const* Q, int64_t D, const float*
     storev(S + lds + j, a10 * scale), storev(S + lds + j + 16, a11 * scale);
     storev(S + 2 * lds + j, a20 * scale), storev(S + 2 * lds + j + 16, a21 * scale);
     storev(S + 3 * lds + j, a30 * scale), storev(S + 3 * lds + j + 16, a31 * scale);
+  }
+  if (ldk - j == 24) {  // 16 + 8 keys in one pass over d (each q broadcast serves both)
+    v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    v8f b0 = {}, b1 = {}, b2 = {}, b3 = {};
+    const float* kp = Kt + j;
+    for (int64_t d = 0; d < D; ++d, kp += ldk) {
+      const v16f k0 = loadv<v16f>(kp);
+      const v8f k1 = loadv<v8f>(kp + 16);
+      const float c0 = q0[d], c1 = q1[d], c2 = q2[d], c3 = q3[d];
+      a0 += k0 * c0, a1 += k0 * c1, a2 += k0 * c2, a3 += k0 * c3;
+      b0 += k1 * c0, b1 += k1 * c1, b2 += k1 * c2, b3 += k1 * c3;
+    }
+    storev(S + j, a0 * scale), storev(S + lds + j, a1 * scale);
+    storev(S + 2 * lds + j, a2 * scale), storev(S + 3 * lds + j, a3 * scale);
+    storev(S + j + 16, widen(b0 * scale)), storev(S + lds + j + 16, widen(b1 * scale));
+    storev(S + 2 * lds + j + 16, widen(b2 * scale)), storev(S + 3 * lds + j + 16, widen(b3 * scale));
+    return;
   }
   for (; j + 16 <= ldk; j += 16) {
     v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
