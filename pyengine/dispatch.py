@@ -32,6 +32,7 @@ from .ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from .ops.gather_tokens import gather_tokens
 from .ops.layernorm import layernorm, layernorm_ref
 from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
+from .ops.onednn_linear import DTYPES as ONEDNN_DTYPES, onednn_available, onednn_bf16_native, onednn_linear_op
 from .ops.susa import run_prepared as susa_prepared
 from .ops.tpc_select import tpc_select
 
@@ -55,6 +56,7 @@ WHY = {
     "sdpa": "torch scaled_dot_product_attention: fused attention from ATen",
     "index": "ATen advanced indexing (a gather is bandwidth-bound; one kernel already)",
     "reference": "eager reference composition",
+    "onednn": "oneDNN inner product (bias / GELU / residual fused in its epilogue) + ATen layer_norm",
 }
 # Reasons that depend on the op as well as the implementation.
 WHY_OP = {("dwconv3x3", "aten"): "ATen F.conv2d, depthwise (cuDNN on CUDA), with BatchNorm folded into it: no "
@@ -102,17 +104,82 @@ class Choice:
     why: str
 
 
-def resolve(backend: str, device) -> dict:
-    """``{op: Choice}`` for every op, for ``backend`` on ``device`` (``"auto"`` resolved here)."""
+def resolve(backend: str, device, dtype=None) -> dict:
+    """``{op: Choice}`` for every op, for ``backend`` on ``device`` (``"auto"`` resolved here; on CPU its GEMM
+    depends on the model's ``dtype``, default float32: :func:`cpu_gemm_choice`)."""
     check_backend(backend, device)
     dev = _device_type(device)
     if backend == "auto":
         if dev == "cuda":
             tag = "measured fastest on CUDA" if AUTO_CUDA_MEASURED else "auto on CUDA (not yet GPU-measured)"
             return {op: Choice(op, impl, f"{why(op, impl)}; {tag}") for op, impl in AUTO_CUDA.items()}
-        backend = "cpp"
-        return {op: Choice(op, impl, f"{why(op, impl)}; auto on CPU") for op, impl in TABLE["cpp"].items()}
+        choice = {op: Choice(op, impl, f"{why(op, impl)}; auto on CPU") for op, impl in TABLE["cpp"].items()}
+        choice["ln_linear"] = cpu_gemm_choice(torch.float32 if dtype is None else dtype)
+        return choice
     return {op: Choice(op, impl, why(op, impl)) for op, impl in TABLE[backend].items()}
+
+
+# "auto"'s CPU GEMM, measured once per dtype and process: {dtype: Choice}. PYENGINE_CPU_GEMM=aten|onednn pins it
+# (reproducible runs; the report says it was pinned).
+_CPU_GEMM = {}
+CPU_GEMM_SHAPE = (2048, 512, 512)  # M, K, N: the width of MHFormer / MixSTE blocks, a latency batch of tokens
+
+
+def _time_gemm(fn, reps=5):
+    import time
+    fn()  # warm-up: oneDNN creates (and caches) its primitive on the first call
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _emulated_note(dtype) -> str:
+    return ("; this CPU has no native bf16 dot products (no AVX-512 BF16 / AMX): bf16 GEMMs are emulated"
+            if dtype == torch.bfloat16 and not onednn_bf16_native() else "")
+
+
+def cpu_gemm_choice(dtype) -> Choice:
+    """The GEMM ``auto`` runs ``ln_linear`` with on this CPU at ``dtype``: ``"onednn"`` where oneDNN's inner
+    product is measurably faster than ATen's ``F.linear`` (MKL's sgemm in fp32: slow on AMD CPUs), else
+    ``"aten"``. Measured once per dtype and process on a ``CPU_GEMM_SHAPE`` GEMM, interleaved, best of 5."""
+    dtype = torch.empty(0, dtype=dtype).dtype  # normalise
+    if dtype in _CPU_GEMM:
+        return _CPU_GEMM[dtype]
+    pinned = os.environ.get("PYENGINE_CPU_GEMM")
+    if pinned not in (None, "", "aten", "onednn"):
+        raise ValueError(f"PYENGINE_CPU_GEMM: expected 'aten' or 'onednn' (or unset: measure), got {pinned!r}")
+    if dtype not in ONEDNN_DTYPES or not onednn_available():
+        reason = (f"oneDNN's inner product takes float32 / bfloat16, not {dtype}" if onednn_available()
+                  else "this torch build has no (enabled) oneDNN")
+        choice = Choice("ln_linear", "aten", f"{WHY['aten']}; auto on CPU ({reason})")
+    elif pinned:
+        choice = Choice("ln_linear", pinned, f"{WHY[pinned]}; auto on CPU, pinned by PYENGINE_CPU_GEMM={pinned}"
+                        + _emulated_note(dtype))
+    else:
+        M, K, N = CPU_GEMM_SHAPE
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(M, K, generator=g).to(dtype)
+        w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
+        b = torch.randn(N, generator=g).to(dtype)
+        with torch.no_grad():
+            t_aten, t_dnn = float("inf"), float("inf")
+            for _ in range(2):  # interleaved, so machine noise hits both alike
+                t_aten = min(t_aten, _time_gemm(lambda: F.linear(x, w, b)))
+                t_dnn = min(t_dnn, _time_gemm(lambda: onednn_linear_op(x, w, b, "none", None)))
+        flop = 2 * M * K * N
+        # fp32: a tie keeps ATen, the reference's own kernel. bf16: oneDNN's epilogue adds the bias / GELU /
+        # residual to the fp32 accumulator and rounds once (ATen rounds the GEMM, then each pass again), so a tie
+        # goes to oneDNN.
+        impl = "onednn" if t_dnn < (1.05 if dtype == torch.bfloat16 else 0.95) * t_aten else "aten"
+        choice = Choice("ln_linear", impl, f"{WHY[impl]}; auto on CPU, measured once: oneDNN "
+                        f"{flop / t_dnn / 1e9:.0f} vs ATen F.linear {flop / t_aten / 1e9:.0f} GFLOP/s "
+                        f"({M}x{K} @ {K}x{N}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} "
+                        f"threads){_emulated_note(dtype)}")
+    _CPU_GEMM[dtype] = choice
+    return choice
 
 
 def why(op: str, impl: str) -> str:
@@ -139,15 +206,15 @@ def sdpa_attention(q, k, v):
 class Ops:
     """The resolved kernels of one model on one device; modules call ops through this."""
 
-    def __init__(self, backend: str, device, allow_tf32: bool = False):
+    def __init__(self, backend: str, device, allow_tf32: bool = False, dtype=None):
         self.backend, self.device, self.allow_tf32 = backend, torch.device(device), allow_tf32
-        self.choice = resolve(backend, device)
+        self.choice = resolve(backend, device, dtype)
         self.impl = {op: c.impl for op, c in self.choice.items()}
 
     def ln_linear(self, x, weight, bias=None, **kw):
         impl = self.impl["ln_linear"]
-        if impl == "aten":
-            return ln_linear_aten(x, weight, bias, **kw)
+        if impl in ("aten", "onednn"):
+            return ln_linear_aten(x, weight, bias, gemm=impl, **kw)
         if impl == "reference":
             return ln_linear_ref(x, weight, bias, **kw)
         return ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)

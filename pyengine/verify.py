@@ -161,7 +161,7 @@ def run(arch="mhformer", checkpoint=None, backend="auto", dtype=torch.float32, d
     fused = any(isinstance(m, Fused) for m in model.modules())
     # Per-module rows: the modules a fused model runs as fused modules (with the reference backend: all watched).
     names = [n for n, m in model.named_modules() if n and any(re.fullmatch(p, n) for p, _ in watched(info.arch))
-             and (isinstance(m, Fused) or not fused)]
+             and (isinstance(m, Fused) or not fused or archs.SPECS[info.arch].io == "feature_map")]
     kinds = {n: next(k for p, k in watched(info.arch) if re.fullmatch(p, n)) for n in names}
     with torch.no_grad():
         _, out, index = forward(model, info.arch, x, [])

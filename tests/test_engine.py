@@ -71,6 +71,7 @@ def test_half_precision_through_triton():
 
 
 def test_auto_on_cpu_is_the_cpp_table_and_report_is_complete():
+    """auto on CPU = the cpp column, but for ln_linear's GEMM, measured per dtype (tests/ops/test_onednn_linear.py)."""
     arch, ref = build("tpc_mhformer")
     model = pyengine.load(ref, device="cpu")
     rows = model.report()
@@ -78,8 +79,9 @@ def test_auto_on_cpu_is_the_cpp_table_and_report_is_complete():
     fused = [n for n, m in model.named_modules() if isinstance(m, Fused)]
     for name in fused:  # every fused module has a row
         assert any(r.module == (name or "(model)") for r in rows), name
-    for op in ("ln_linear", "layernorm", "attention", "tpc_select", "gather_tokens"):  # the ops this model runs
+    for op in ("layernorm", "attention", "tpc_select", "gather_tokens"):  # the ops this model runs
         assert f"{op}={dispatch.TABLE['cpp'][op]}" in text
+    assert f"ln_linear={dispatch.cpu_gemm_choice(torch.float32).impl}" in text and "measured once" in text
     assert "auto on CPU" in text and "torch glue" in text
     # A reference model says why it is the reference.
     plain = pyengine.load(ref, backend="reference")

@@ -43,7 +43,8 @@ THROUGHPUT_BATCH = {"full": {"mhformer": 256, "tpc_mhformer": 256, "mixste": 32,
                     "small": {"mhformer": 8, "tpc_mhformer": 8, "mixste": 8, "hot_mixste": 8, "tpc_mixste": 8,
                               "motionbert": 8, "hot_motionbert": 8}}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
-PYENGINE_BACKENDS = ("reference", "triton", "cuda", "cpp")
+# "auto" last: the default a user gets (on CPU its GEMM is measured per dtype: dispatch.cpu_gemm_choice)
+PYENGINE_BACKENDS = ("reference", "triton", "cuda", "cpp", "auto")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # The CPU anchor rows (issue 19): what a CPU deployment would otherwise use, beside eager / compile / pyengine.

@@ -20,9 +20,9 @@ class Fused(nn.Module):
 
     def ops_for(self, x: torch.Tensor) -> Ops:
         cache = self.__dict__.setdefault("_ops_cache", {})
-        key = (self.backend, x.device, self.allow_tf32)
+        key = (self.backend, x.device, x.dtype, self.allow_tf32)  # dtype: auto's CPU GEMM is measured per dtype
         if key not in cache:
-            cache[key] = Ops(self.backend, x.device, self.allow_tf32)
+            cache[key] = Ops(self.backend, x.device, self.allow_tf32, x.dtype)
         return cache[key]
 
     def set_backend(self, backend: str, allow_tf32: bool = False):

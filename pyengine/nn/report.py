@@ -46,12 +46,14 @@ def report(model) -> Report:
     rows = Report()
     info = getattr(model, "pyengine", None)
     device = _device_of(model)
+    # the model's compute dtype: auto's CPU GEMM is chosen per dtype (dispatch.cpu_gemm_choice)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     fused = [(n, m) for n, m in model.named_modules() if callable(getattr(m, "ops_for", None))]  # Fused modules
     if not fused:
         why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
         rows.append(ReportRow("(whole model)", type(model).__name__, "reference", f"reference: {why}"))
     for name, m in fused:
-        choice = m.ops_for(torch.empty(0, device=device)).choice
+        choice = m.ops_for(torch.empty(0, device=device, dtype=dtype)).choice
         own = [c for c in type(m).__mro__ if "report_parts" in c.__dict__ or "report_glue" in c.__dict__]
         for cls in own:
             for what, ops in cls.__dict__.get("report_parts", {}).items():

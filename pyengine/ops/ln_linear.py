@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError, device_guard, op_backend
+from .onednn_linear import onednn_linear_op
 
 ACTIVATIONS = ("none", "gelu")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -56,25 +57,43 @@ def ln_linear_ref(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-
 
 
 def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, in_cols=None,
-                   activation="none", residual=None):
-    """The ``cpp`` / ``cuda`` backends' dense path: the reference's math on ATen's kernels with less glue (fp32 on
+                   activation="none", residual=None, gemm="aten"):
+    """The ``cpp`` / ``cuda`` backends' dense path: the reference's math on vendor kernels with less glue (fp32 on
     CPU is GEMM-bound, so glue is all a composition can lose): one group, or groups that read the same columns
     without a LayerNorm, are ONE GEMM over the ``[G*N, K]`` view of the stacked weight (no concat: a concat of one
-    tensor is a full copy), and the residual is added in place. Several groups on different columns keep the
-    reference's per-group GEMMs and concat."""
+    tensor is a full copy). Several groups on different columns run one GEMM per group and a concat.
+
+    ``gemm``: ``"aten"`` (``F.linear``: cuBLAS / MKL; GELU a separate pass, the residual added in place) or
+    ``"onednn"`` (CPU: :func:`pyengine.ops.onednn_linear.onednn_linear`, one oneDNN primitive per GEMM with the
+    bias, GELU and residual in its epilogue)."""
     G, N, K = weight.shape
     if in_cols is None:
         in_cols = default_in_cols(x.shape[1], G, K)
-    if G > 1 and (ln_weight is not None or len(set(in_cols)) > 1):
+    if gemm == "aten" and G > 1 and (ln_weight is not None or len(set(in_cols)) > 1):
         return ln_linear_ref(x, weight, bias, ln_weight=ln_weight, ln_bias=ln_bias, eps=eps, in_cols=in_cols,
                              activation=activation, residual=residual)
-    a = x[:, in_cols[0]:in_cols[0] + K]
-    if ln_weight is not None:
-        a = F.layer_norm(a, (K,), ln_weight[0], ln_bias[0], eps)
-    y = F.linear(a, weight.reshape(G * N, K), None if bias is None else bias.reshape(G * N))
-    if activation == "gelu":
-        y = F.gelu(y)
-    return y if residual is None else y.add_(residual)  # y is a fresh tensor: adding in place is safe
+    if gemm not in ("aten", "onednn"):
+        raise ValueError(f"gemm: expected 'aten' or 'onednn', got {gemm!r}")
+    if G == 1 or (ln_weight is None and len(set(in_cols)) == 1):
+        groups = [(in_cols[0], weight.reshape(G * N, K), None if bias is None else bias.reshape(G * N),
+                   None if ln_weight is None else (ln_weight[0], ln_bias[0]), residual)]
+    else:
+        groups = [(c, weight[g], None if bias is None else bias[g],
+                   None if ln_weight is None else (ln_weight[g], ln_bias[g]),
+                   None if residual is None else residual[:, g * N:(g + 1) * N]) for g, c in enumerate(in_cols)]
+    outs = []
+    for c, w, b, ln, res in groups:
+        a = x[:, c:c + K]
+        if ln is not None:
+            a = F.layer_norm(a, (K,), ln[0], ln[1], eps)
+        if gemm == "onednn":
+            outs.append(onednn_linear_op(a, w, b, activation, res))
+            continue
+        y = F.linear(a, w, b)
+        if activation == "gelu":
+            y = F.gelu(y)
+        outs.append(y if res is None else y.add_(res))  # y is a fresh tensor: adding in place is safe
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
 def _shape(t):

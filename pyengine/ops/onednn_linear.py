@@ -1,0 +1,141 @@
+"""``pyengine::onednn_linear``: ``act(x @ weight.T + bias) + residual`` as ONE oneDNN inner-product primitive on
+CPU, the bias, GELU and residual add fused into its epilogue.
+
+Why: ATen's CPU ``F.linear`` in fp32 calls MKL's sgemm, which on AMD CPUs runs a generic code path: measured on
+this project's 2-core AMD EPYC (AVX-512, no AMX), oneDNN's fp32 inner product is ~2x faster for the models'
+shapes (``benchmarks/results/2026-12-01-cpu-anchors.md``), and each separate GELU / add pass is a full read and
+write of the activations that the epilogue avoids. On Intel CPUs MKL is at peak and this may not win, so the
+engine's ``auto`` measures both once per process and picks (``pyengine.dispatch.cpu_gemm_choice``).
+
+* :func:`onednn_linear_ref`: the spec, plain PyTorch (``F.linear`` -> ``F.gelu`` -> ``+ residual``).
+* :func:`onednn_linear`: validates and runs ``backend`` ("reference" or "onednn").
+* ``onednn_linear_op``: the registered op (``torch.ops.mkldnn._linear_pointwise``), a fake impl for compile /
+  export and an autograd formula in plain PyTorch (it recomputes the pre-activation; fp32 math).
+
+CPU tensors, float32 or bfloat16 (what oneDNN's inner product takes on every x86 CPU; bf16 is emulated, slowly,
+on CPUs without AVX-512 BF16 / AMX, which :func:`onednn_bf16_native` tells). fp32 products are exact fp32 (oneDNN's
+default math mode; pyengine never sets ``torch.backends.mkldnn`` to tf32 / bf16 math).
+"""
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..backends import BackendUnavailableError
+
+ACTIVATIONS = ("none", "gelu")
+DTYPES = (torch.float32, torch.bfloat16)
+BACKENDS = ("reference", "onednn")
+
+
+def onednn_available() -> bool:
+    """oneDNN is in this torch build and enabled (``torch.backends.mkldnn``)."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def onednn_bf16_native() -> bool:
+    """The CPU has bf16 dot-product instructions (AVX-512 BF16 or AMX) that oneDNN uses for bf16 GEMMs."""
+    return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def onednn_linear_ref(x, weight, bias=None, *, activation="none", residual=None):
+    """The eager composition: ``F.linear`` -> ``F.gelu`` (exact erf) if ``activation == "gelu"`` -> ``+ residual``."""
+    y = F.linear(x, weight, bias)
+    if activation == "gelu":
+        y = F.gelu(y)
+    return y if residual is None else y + residual
+
+
+def check_onednn_linear_args(x, weight, bias, activation, residual) -> None:
+    """Raise ``TypeError`` / ``ValueError`` naming the argument, the expected and the actual."""
+    for name, t in (("x", x), ("weight", weight)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"onednn_linear: {name}: expected a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"onednn_linear: x: expected a 2-D tensor [M, K], got shape {list(x.shape)}")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"onednn_linear: weight: expected shape [N, {x.shape[1]}] (nn.Linear [out, in]), got "
+                         f"{list(weight.shape)}")
+    M, N = x.shape[0], weight.shape[0]
+    for name, t, want in (("weight", weight, None), ("bias", bias, [N]), ("residual", residual, [M, N])):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"onednn_linear: {name}: expected a torch.Tensor or None, got {type(t).__name__}")
+        if want is not None and list(t.shape) != want:
+            raise ValueError(f"onednn_linear: {name}: expected shape {want}, got {list(t.shape)}")
+        if t.dtype != x.dtype:
+            raise TypeError(f"onednn_linear: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"onednn_linear: {name}: expected device {x.device} (the device of x), got {t.device}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"onednn_linear: activation: expected one of {ACTIVATIONS}, got {activation!r}")
+
+
+def _check_runnable(x) -> None:
+    """What the oneDNN primitive additionally needs (a missing capability, not a wrong argument)."""
+    if not onednn_available():
+        raise BackendUnavailableError("onednn_linear: backend='onednn' needs oneDNN (torch.backends.mkldnn), which "
+                                      "this torch build lacks or has disabled")
+    if x.device.type != "cpu":
+        raise BackendUnavailableError(f"onednn_linear: backend='onednn' runs on CPU tensors, got {x.device}")
+    if x.dtype not in DTYPES:
+        raise BackendUnavailableError(f"onednn_linear: backend='onednn' takes float32 or bfloat16 (oneDNN's CPU "
+                                      f"inner product), got {x.dtype}; use backend='reference'")
+
+
+@torch.library.custom_op("pyengine::onednn_linear", mutates_args=())
+def onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
+                     residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """Raw op (arguments validated by :func:`onednn_linear`): one oneDNN inner product with a fused epilogue."""
+    mk = torch.ops.mkldnn
+    if residual is None:
+        return mk._linear_pointwise(x, weight, bias, "gelu" if activation == "gelu" else "none", [],
+                                    "none" if activation == "gelu" else "")  # "none": the exact (erf) GELU
+    if activation == "gelu":  # oneDNN's epilogue is eltwise OR binary here: GELU fused, the add in place
+        return mk._linear_pointwise(x, weight, bias, "gelu", [], "none").add_(residual)
+    return mk._linear_pointwise.binary(x, residual, weight, bias, "add")
+
+
+@onednn_linear_op.register_fake
+def _(x, weight, bias, activation, residual):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation, residual = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.activation, ctx.has_residual = activation, residual is not None
+
+
+def _backward(ctx, grad):
+    """``dx = dz @ W``, ``dW = dz^T x``, ``db = sum(dz)`` with ``dz = grad * GELU'(z)`` (z recomputed), fp32 math."""
+    x, weight, bias = ctx.saved_tensors
+    cd = torch.float32
+    dz = grad.to(cd)
+    if ctx.activation == "gelu":  # d/dz [z * Phi(z)] = Phi(z) + z * phi(z)
+        z = F.linear(x.to(cd), weight.to(cd), None if bias is None else bias.to(cd))
+        dz = dz * (0.5 * (1.0 + torch.erf(z * 0.5 ** 0.5)) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi))
+    dx = (dz @ weight.to(cd)).to(x.dtype)
+    dw = (dz.T @ x.to(cd)).to(weight.dtype)
+    db = None if bias is None else dz.sum(dim=0).to(bias.dtype)
+    return dx, dw, db, None, grad if ctx.has_residual else None
+
+
+onednn_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def onednn_linear(x, weight, bias=None, *, activation="none", residual=None, backend="onednn"):
+    """``[M, N]`` in x's dtype: ``act(x @ weight.T + bias) + residual``. x ``[M, K]`` (any strides), weight
+    ``[N, K]``, bias ``[N]``, residual ``[M, N]``, activation "none" or "gelu" (exact erf GELU).
+    ``backend``: "onednn" (the default: the registered op; CPU, float32 / bfloat16) or "reference"."""
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"onednn_linear: backend={backend!r} is not available (available: "
+                                      f"{', '.join(repr(b) for b in BACKENDS)})")
+    check_onednn_linear_args(x, weight, bias, activation, residual)
+    if backend == "reference":
+        return onednn_linear_ref(x, weight, bias, activation=activation, residual=residual)
+    _check_runnable(x)
+    return onednn_linear_op(x, weight, bias, activation, residual)
