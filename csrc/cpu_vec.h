@@ -36,7 +36,7 @@ PYENGINE_INLINE V loadv(const float* p) {
 // the same round-to-nearest-even as c10::Half, so results are bit-identical. The baseline clone calls libgcc's
 // conversions. Each translation unit gets its own (internal) copies.
 // Compilers without _Float16 on x86 (GCC < 12; the compiler then does not define __FLT16_MAX__) get
-// c10::Half's own scalar conversions instead: slower, bit-identical (tests/test_cpu_vec.py builds both).
+// c10::Half's own scalar conversions instead: slower, bit-identical (tests/kernels/test_cpu_vec.py builds both).
 #if defined(__FLT16_MAX__)
 [[maybe_unused]] PYENGINE_F16_CLONES void half_row_to_float(const c10::Half* __restrict src, int64_t n,
                                                             float* __restrict dst) {

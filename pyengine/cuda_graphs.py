@@ -21,7 +21,7 @@ Rules that keep replay correct:
   (a model on ``cuda:1`` works without ``torch.cuda.set_device``).
 
 The capture itself is behind a small interface (``CudaGraphCapturer``) so the signature, weight-state and
-fallback logic is tested on CPU with a fake capturer (``tests/test_cuda_graphs.py``).
+fallback logic is tested on CPU with a fake capturer (``tests/engine/test_cuda_graphs.py``).
 """
 import warnings
 

@@ -20,7 +20,7 @@ What differs from a GPU run, and how it is made the GPU truth:
 * Dry run: with ``execute=False`` the kernels are not run (which is what makes full-size, throughput-batch
   forwards take seconds instead of hours under the interpreter). No launch argument depends on tensor *values*
   except through the DPC-kNN selection, whose output indices feed the gather; a dry run fills them with a valid
-  ascending selection (``0 .. keep-1``), which has the same shapes and strides. ``tests/test_launch_record.py``
+  ascending selection (``0 .. keep-1``), which has the same shapes and strides. ``tests/kernels/test_launch_record.py``
   checks that a dry forward records exactly the launches of an executed one.
 
 Recorded variants live in ``pyengine/data/launch_variants.json``; regenerate it (after changing a launcher, a

@@ -11,7 +11,7 @@ throughput batch, in fp32 / TF32 / bf16.
 
 Counting (per kernel below): FLOPs are the arithmetic the kernel must do; for the GEMM and attention kernels that
 is SPEC.md §1's count (2 x MACs of the products, what :func:`pyengine.bench.count_flops` counts on the eager model;
-``tests/test_perf_model.py`` checks the two agree per forward), against the tensor-core peak of the precision
+``tests/bench/test_perf_model.py`` checks the two agree per forward), against the tensor-core peak of the precision
 (bf16/fp16, TF32) or the fp32 FMA peak (exact fp32 dots and every elementwise / reduction kernel, one FLOP per
 add, multiply or compare). Bytes are each kernel's compulsory DRAM traffic: every input read once, every output
 written once (unused pointer arguments not counted; re-reads that L2 serves not counted).

@@ -1,7 +1,7 @@
 """Counting FLOPs and compulsory bytes of one model call (docs/benchmarks.md, "Counting").
 
 FLOPs follow SPEC.md §1: 2 x MACs of every linear layer (incl. 1x1 convs) and attention product, counted by
-torch.utils.flop_counter on the eager model (checked against SPEC's numbers in tests/test_bench.py). Bytes are the
+torch.utils.flop_counter on the eager model (checked against SPEC's numbers in tests/bench/test_bench.py). Bytes are the
 compulsory traffic: weights + input + output, each read/written once; so GB/s is a lower bound on the DRAM
 bandwidth a row used (the real traffic adds activations).
 """

@@ -13,7 +13,7 @@ not depend on the seed.
 
 ``python -m pyengine.data.synth`` (or ``python pyengine/data/synth.py``) rewrites ``sample_walk.npz`` next to this
 file, and ``sample_walk_mmpose.json``: the same 2D keypoints converted to COCO-17 (``h36m_to_coco``) as an MMPose
-prediction file with deterministic scores (``make_mmpose_predictions``); ``tests/test_synth.py`` checks that both
+prediction file with deterministic scores (``make_mmpose_predictions``); ``tests/data/test_synth.py`` checks that both
 shipped files equal a fresh generation.
 
 Coordinates: world is z-up, metres. Camera frame is x right, y down, z forward (OpenCV / Human3.6M convention),

@@ -1,5 +1,5 @@
 // A few small launches of every emulated CUDA kernel, for the ThreadSanitizer and AddressSanitizer + UBSan builds
-// (tests/test_cuda_emulated.py): every buffer is a separate heap block of exactly its size, so an out-of-bounds
+// (tests/cuda_emu/test_cuda_emulated.py): every buffer is a separate heap block of exactly its size, so an out-of-bounds
 // access is an ASan report; the kernels' threads are real threads, so a race on global or shared memory is a TSan
 // report. Prints the results (the test compares them with the plain build's) and exits non-zero on a kernel
 // error or a wrong-looking result.

@@ -1,4 +1,4 @@
-// Kernels that misuse barriers and launch limits on purpose: tests/test_cuda_emulated.py checks that the emulator
+// Kernels that misuse barriers and launch limits on purpose: tests/cuda_emu/test_cuda_emulated.py checks that the emulator
 // turns each into a clear error (and neither hangs nor passes). Valid CUDA syntax, built through rewrite.py like
 // the csrc/*.cu files.
 #include <cuda_runtime.h>

@@ -16,7 +16,7 @@ try:
         HSUSA, HWSUSA, PXShuffleUnit, SXShuffleUnit, WSUSA, channel_shuffle,
     )
 except Exception:  # pragma: no cover - only while another part of the package is broken mid-edit
-    _path = pathlib.Path(__file__).resolve().parents[1] / "pyengine" / "models" / "susa.py"
+    _path = pathlib.Path(__file__).resolve().parents[2] / "pyengine" / "models" / "susa.py"
     _spec = importlib.util.spec_from_file_location("_susa_under_test", _path)
     _mod = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_mod)

@@ -9,7 +9,7 @@ import pytest
 from pyengine import bench as pb
 from pyengine import cli
 
-REPORT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "report.py")
+REPORT = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "report.py")
 
 
 # SPEC.md §1: 2 x MACs of all linear layers and attention products, per window; §2: linear layers only.
