@@ -15,11 +15,12 @@ BACKENDS = ("auto", "reference", "triton", "cuda", "cpp")
 OP_IMPLS = {
     "ln_linear": ("triton", "reference"),
     "layernorm": ("triton", "reference"),
-    "attention": ("triton", "reference"),
+    "attention": ("triton", "cpp", "reference"),  # triton first: under the interpreter (tests) it stays the default
     "gather_tokens": ("triton", "reference"),
     "tpc_select": ("cpp", "triton", "cuda", "reference"),
     "susa": ("cpp", "triton", "cuda", "reference"),
     "dwconv3x3": ("cpp", "reference"),
+    "onednn_linear": ("onednn", "reference"),
 }
 
 
@@ -30,6 +31,8 @@ def _runs_on(impl: str, device_type: str) -> bool:
         return device_type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
     if impl == "cuda":
         return device_type == "cuda"
+    if impl == "onednn":  # oneDNN's CPU inner product (pyengine/ops/onednn_linear.py)
+        return device_type == "cpu"
     return True  # reference: eager torch, any device
 
 

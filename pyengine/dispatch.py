@@ -44,7 +44,7 @@ TABLE = {
                "gather_tokens": "triton", "susa": "triton", "dwconv3x3": "aten"},
     "cuda": {"ln_linear": "aten", "layernorm": "aten", "attention": "sdpa", "tpc_select": "cuda",
              "gather_tokens": "index", "susa": "cuda", "dwconv3x3": "aten"},
-    "cpp": {"ln_linear": "aten", "layernorm": "aten", "attention": "sdpa", "tpc_select": "cpp",
+    "cpp": {"ln_linear": "aten", "layernorm": "aten", "attention": "cpp", "tpc_select": "cpp",
             "gather_tokens": "index", "susa": "cpp", "dwconv3x3": "cpp"},
     "reference": {op: "reference" for op in OPS},
 }
@@ -106,7 +106,8 @@ class Choice:
 
 def resolve(backend: str, device, dtype=None) -> dict:
     """``{op: Choice}`` for every op, for ``backend`` on ``device`` (``"auto"`` resolved here; on CPU its GEMM
-    depends on the model's ``dtype``, default float32: :func:`cpu_gemm_choice`)."""
+    depends on the model's ``dtype``, default float32: :func:`cpu_gemm_choice`; a float64 model's CPU attention is
+    SDPA, the C++ kernel being fp32 math)."""
     check_backend(backend, device)
     dev = _device_type(device)
     if backend == "auto":
@@ -115,8 +116,12 @@ def resolve(backend: str, device, dtype=None) -> dict:
             return {op: Choice(op, impl, f"{why(op, impl)}; {tag}") for op, impl in AUTO_CUDA.items()}
         choice = {op: Choice(op, impl, f"{why(op, impl)}; auto on CPU") for op, impl in TABLE["cpp"].items()}
         choice["ln_linear"] = cpu_gemm_choice(torch.float32 if dtype is None else dtype)
-        return choice
-    return {op: Choice(op, impl, why(op, impl)) for op, impl in TABLE[backend].items()}
+    else:
+        choice = {op: Choice(op, impl, why(op, impl)) for op, impl in TABLE[backend].items()}
+    if dtype == torch.float64 and choice["attention"].impl == "cpp":  # the C++ kernel computes in fp32
+        choice["attention"] = Choice("attention", "sdpa", f"{WHY['sdpa']}; float64: pyengine's C++ attention "
+                                                          "computes in fp32, so an fp64 model runs SDPA")
+    return choice
 
 
 # "auto"'s CPU GEMM, measured once per dtype and process: {dtype: Choice}. PYENGINE_CPU_GEMM=aten|onednn pins it

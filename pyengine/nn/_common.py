@@ -20,9 +20,12 @@ class Fused(nn.Module):
 
     def ops_for(self, x: torch.Tensor) -> Ops:
         cache = self.__dict__.setdefault("_ops_cache", {})
-        key = (self.backend, x.device, x.dtype, self.allow_tf32)  # dtype: auto's CPU GEMM is measured per dtype
+        # The compute dtype is the module's (inputs are cast to it inside the forward; an fp32 pose may enter a
+        # bf16 model): auto's CPU GEMM is chosen per dtype, and an fp64 model runs SDPA attention.
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), x.dtype)
+        key = (self.backend, x.device, dtype, self.allow_tf32)
         if key not in cache:
-            cache[key] = Ops(self.backend, x.device, self.allow_tf32, x.dtype)
+            cache[key] = Ops(self.backend, x.device, self.allow_tf32, dtype)
         return cache[key]
 
     def set_backend(self, backend: str, allow_tf32: bool = False):

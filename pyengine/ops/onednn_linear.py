@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError
+from ..backends import BackendUnavailableError, op_backend
 
 ACTIVATIONS = ("none", "gelu")
 DTYPES = (torch.float32, torch.bfloat16)
@@ -127,10 +127,12 @@ def _backward(ctx, grad):
 onednn_linear_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def onednn_linear(x, weight, bias=None, *, activation="none", residual=None, backend="onednn"):
+def onednn_linear(x, weight, bias=None, *, activation="none", residual=None, backend="auto"):
     """``[M, N]`` in x's dtype: ``act(x @ weight.T + bias) + residual``. x ``[M, K]`` (any strides), weight
     ``[N, K]``, bias ``[N]``, residual ``[M, N]``, activation "none" or "gelu" (exact erf GELU).
-    ``backend``: "onednn" (the default: the registered op; CPU, float32 / bfloat16) or "reference"."""
+    ``backend``: "onednn" (the registered op; CPU, float32 / bfloat16), "reference", or "auto" (the default:
+    "onednn" for CPU tensors, else the reference; ``pyengine.backends.op_backend``)."""
+    backend = op_backend("onednn_linear", backend, x)
     if backend not in BACKENDS:
         raise BackendUnavailableError(f"onednn_linear: backend={backend!r} is not available (available: "
                                       f"{', '.join(repr(b) for b in BACKENDS)})")

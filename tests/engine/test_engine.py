@@ -120,14 +120,15 @@ def test_susa_family_through_the_engine(arch, cfg, backend):
 def test_dispatch_table_covers_every_op_and_backend():
     """One table: every op in dispatch.OPS has an implementation, with a reason, for every backend in TABLE and for
     "auto" on CUDA; the backends are backends.BACKENDS (the one definition), and every op wrapper's own "auto"
-    (backends.OP_IMPLS) covers the same ops."""
-    from pyengine import backends
+    (backends.OP_IMPLS) covers every wrapper in pyengine.ops (the engine's ops and onednn_linear, which the engine
+    runs as an implementation of ln_linear)."""
+    from pyengine import backends, ops
     assert set(dispatch.TABLE) | {"auto"} == set(backends.BACKENDS)
     for backend, row in dispatch.TABLE.items():
         assert set(row) == set(dispatch.OPS), backend
         assert all(dispatch.why(op, impl) for op, impl in row.items())
     assert set(dispatch.AUTO_CUDA) == set(dispatch.OPS)
-    assert set(backends.OP_IMPLS) == set(dispatch.OPS)
+    assert set(backends.OP_IMPLS) == set(ops.__all__) and set(dispatch.OPS) <= set(ops.__all__)
     for backend in ("cpp", "reference", "auto"):
         assert set(dispatch.resolve(backend, "cpu")) == set(dispatch.OPS)
     from pyengine.nn import susa as dn
@@ -239,8 +240,9 @@ def test_validate_passes_and_catches_a_wrong_kernel(monkeypatch):
         model(x)
     assert model.pyengine.validation["deviation"] <= model.pyengine.validation["tolerance"]
     broken = pyengine.load(ref, backend="cpp", validate=True)
-    real = dispatch.sdpa_attention
-    monkeypatch.setattr(dispatch, "sdpa_attention", lambda q, k, v: real(q, k, v) * 1.001)
+    assert dispatch.TABLE["cpp"]["attention"] == "cpp"  # the C++ kernel: the one broken below
+    real = dispatch.attention
+    monkeypatch.setattr(dispatch, "attention", lambda q, k, v, **kw: real(q, k, v, **kw) * 1.001)
     with pytest.raises(pyengine.ValidationError, match="deviates from the fp64 eager reference"), torch.no_grad():
         broken(x)
 
