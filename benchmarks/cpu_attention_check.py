@@ -28,6 +28,7 @@ SHAPES = {
     "mixste-243 spatial": (243, 1, 17, 8, 32),
     "mixste-243 temporal": (17, 1, 243, 8, 32),
     "mhformer-351 b2": (2, 1, 351, 8, 64),
+    "mhformer-351 b2 G3": (2, 3, 351, 8, 64),
 }
 
 

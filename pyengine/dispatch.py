@@ -175,10 +175,9 @@ def cpu_gemm_choice(dtype) -> Choice:
                 t_aten = min(t_aten, _time_gemm(lambda: F.linear(x, w, b)))
                 t_dnn = min(t_dnn, _time_gemm(lambda: onednn_linear_op(x, w, b, "none", None)))
         flop = 2 * M * K * N
-        # fp32: a tie keeps ATen, the reference's own kernel. bf16: oneDNN's epilogue adds the bias / GELU /
-        # residual to the fp32 accumulator and rounds once (ATen rounds the GEMM, then each pass again), so a tie
-        # goes to oneDNN.
-        impl = "onednn" if t_dnn < (1.05 if dtype == torch.bfloat16 else 0.95) * t_aten else "aten"
+        # A tie keeps ATen, the reference's own kernel. (In bf16, ATen's F.linear is itself a oneDNN matmul: the two
+        # measure within a few percent, whole models too, and neither is consistently more accurate.)
+        impl = "onednn" if t_dnn < 0.95 * t_aten else "aten"
         choice = Choice("ln_linear", impl, f"{WHY[impl]}; auto on CPU, measured once: oneDNN "
                         f"{flop / t_dnn / 1e9:.0f} vs ATen F.linear {flop / t_aten / 1e9:.0f} GFLOP/s "
                         f"({M}x{K} @ {K}x{N}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} "
