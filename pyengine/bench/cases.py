@@ -5,6 +5,7 @@ import os
 import torch
 
 from ..arch import SPECS as _SPECS
+from ..backends import BACKENDS
 
 # ---------------------------------------------------------------------------------------------------------------
 # Model cases. "full" = the published sizes (used on CUDA); "small" = a reduced width/depth with the same frame
@@ -44,7 +45,7 @@ THROUGHPUT_BATCH = {"full": {"mhformer": 256, "tpc_mhformer": 256, "mixste": 32,
                               "motionbert": 8, "hot_motionbert": 8}}
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
 # "auto" last: the default a user gets (on CPU its GEMM is measured per dtype: dispatch.cpu_gemm_choice)
-PYENGINE_BACKENDS = ("reference", "triton", "cuda", "cpp", "auto")
+PYENGINE_BACKENDS = tuple(b for b in BACKENDS if b != "auto") + ("auto",)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SHORT = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 # The CPU anchor rows (issue 19): what a CPU deployment would otherwise use, beside eager / compile / pyengine.

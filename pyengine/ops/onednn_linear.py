@@ -3,7 +3,7 @@ CPU, the bias, GELU and residual add fused into its epilogue.
 
 Why: ATen's CPU ``F.linear`` in fp32 calls MKL's sgemm, which on AMD CPUs runs a generic code path: measured on
 this project's 2-core AMD EPYC (AVX-512, no AMX), oneDNN's fp32 inner product is ~2x faster for the models'
-shapes (``benchmarks/results/2026-12-01-cpu-anchors.md``), and each separate GELU / add pass is a full read and
+shapes (``benchmarks/results/2026-12-02-cpu-anchors.md``), and each separate GELU / add pass is a full read and
 write of the activations that the epilogue avoids. On Intel CPUs MKL is at peak and this may not win, so the
 engine's ``auto`` measures both once per process and picks (``pyengine.dispatch.cpu_gemm_choice``).
 
