@@ -10,16 +10,8 @@ from pyengine.models import CHIBlock, MHFormer, SHRBlock
 from pyengine.nn._common import Fused
 from pyengine.testing import randomize_, rel_error
 
+from small_configs import TRANSFORMERS as SMALL
 from thirdparty_models import ThirdPartyMHFormer, ThirdPartyMixSTE
-
-SMALL = {
-    "mhformer": dict(frames=27, channel=32, d_hid=48, layers=3),
-    "mhformer81": dict(frames=81, channel=16, d_hid=32, layers=2),
-    "tpc_mhformer": dict(frames=27, channel=32, d_hid=48, layers=3, token_num=9, layer_index=1),
-    "mixste": dict(frames=9, channel=32, depth=2, heads=4),
-    "tpc_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=3, layer_index=1),
-    "hot_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=5, layer_index=1),
-}
 
 
 def build(name):

@@ -11,21 +11,8 @@ import torch
 import pyengine
 from pyengine.testing import HostSyncRecorder, randomize_
 
-SMALL = {
-    "mhformer": dict(frames=27, channel=32, d_hid=48, layers=3),
-    "mhformer81": dict(frames=81, channel=16, d_hid=32, layers=2),
-    "tpc_mhformer": dict(frames=27, channel=32, d_hid=48, layers=3, token_num=9, layer_index=1),
-    "mixste": dict(frames=9, channel=32, depth=2, heads=4),
-    "tpc_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=3, layer_index=1),
-    "hot_mixste": dict(frames=9, channel=32, depth=2, heads=4, token_num=5, layer_index=1),
-    "motionbert": dict(dim_feat=32, dim_rep=24, depth=2, num_heads=4, mlp_ratio=2, maxlen=9),
-    "hot_motionbert": dict(dim_feat=32, dim_rep=24, depth=2, num_heads=4, mlp_ratio=2, maxlen=9, token_num=5,
-                           layer_index=1),
-    "hsusa": dict(channels=8),
-    "hwsusa": dict(channels=8, mode="hw", ln_enable=True, hw_shuffle=True),
-    "sx_shuffle_unit": dict(in_channels=16, out_channels=16),
-    "px_shuffle_unit": dict(in_channels=16, out_channels=16),
-}
+from small_configs import SMALL
+
 TPC = ("tpc_mhformer", "tpc_mixste", "hot_mixste", "hot_motionbert")
 
 
