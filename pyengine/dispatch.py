@@ -32,7 +32,8 @@ from .ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from .ops.gather_tokens import gather_tokens
 from .ops.layernorm import layernorm, layernorm_ref
 from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
-from .ops.onednn_linear import DTYPES as ONEDNN_DTYPES, onednn_available, onednn_bf16_native, onednn_linear_op
+from .ops.onednn_linear import (DTYPES as ONEDNN_DTYPES, PackedWeights, onednn_available, onednn_bf16_native,
+                                 onednn_linear_prepacked)
 from .ops.susa import run_prepared as susa_prepared
 from .ops.tpc_select import tpc_select
 
@@ -56,7 +57,8 @@ WHY = {
     "sdpa": "torch scaled_dot_product_attention: fused attention from ATen",
     "index": "ATen advanced indexing (a gather is bandwidth-bound; one kernel already)",
     "reference": "eager reference composition",
-    "onednn": "oneDNN inner product (bias / GELU / residual fused in its epilogue) + ATen layer_norm",
+    "onednn": "oneDNN inner product (bias / GELU / residual fused in its epilogue; bf16 weights prepacked at "
+              "inference) + ATen layer_norm",
 }
 # Reasons that depend on the op as well as the implementation.
 WHY_OP = {("dwconv3x3", "aten"): "ATen F.conv2d, depthwise (cuDNN on CUDA), with BatchNorm folded into it: no "
@@ -169,11 +171,12 @@ def cpu_gemm_choice(dtype) -> Choice:
         x = torch.randn(M, K, generator=g).to(dtype)
         w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
         b = torch.randn(N, generator=g).to(dtype)
+        packs = PackedWeights()  # what inference runs: prepacked weights in bf16 (fp32: the dense weight)
         with torch.no_grad():
             t_aten, t_dnn = float("inf"), float("inf")
             for _ in range(2):  # interleaved, so machine noise hits both alike
                 t_aten = min(t_aten, _time_gemm(lambda: F.linear(x, w, b)))
-                t_dnn = min(t_dnn, _time_gemm(lambda: onednn_linear_op(x, w, b, "none", None)))
+                t_dnn = min(t_dnn, _time_gemm(lambda: onednn_linear_prepacked(x, w, b, "none", None, packs)))
         flop = 2 * M * K * N
         # A tie keeps ATen, the reference's own kernel. (In bf16, ATen's F.linear is itself a oneDNN matmul: the two
         # measure within a few percent, whole models too, and neither is consistently more accurate.)
@@ -213,12 +216,14 @@ class Ops:
     def __init__(self, backend: str, device, allow_tf32: bool = False, dtype=None):
         self.backend, self.device, self.allow_tf32 = backend, torch.device(device), allow_tf32
         self.choice = resolve(backend, device, dtype)
+        self.onednn_packs = PackedWeights()  # this module's prepacked bf16 weights (ops/onednn_linear.py)
         self.impl = {op: c.impl for op, c in self.choice.items()}
 
     def ln_linear(self, x, weight, bias=None, **kw):
         impl = self.impl["ln_linear"]
         if impl in ("aten", "onednn"):
-            return ln_linear_aten(x, weight, bias, gemm=impl, **kw)
+            return ln_linear_aten(x, weight, bias, gemm=impl, packs=self.onednn_packs if impl == "onednn" else None,
+                                  **kw)
         if impl == "reference":
             return ln_linear_ref(x, weight, bias, **kw)
         return ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)

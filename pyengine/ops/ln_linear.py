@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError, device_guard, op_backend
-from .onednn_linear import onednn_linear_op
+from .onednn_linear import onednn_linear_op, onednn_linear_prepacked
 
 ACTIVATIONS = ("none", "gelu")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -57,7 +57,7 @@ def ln_linear_ref(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-
 
 
 def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, in_cols=None,
-                   activation="none", residual=None, gemm="aten"):
+                   activation="none", residual=None, gemm="aten", packs=None):
     """The ``cpp`` / ``cuda`` backends' dense path: the reference's math on vendor kernels with less glue (fp32 on
     CPU is GEMM-bound, so glue is all a composition can lose): one group, or groups that read the same columns
     without a LayerNorm, are ONE GEMM over the ``[G*N, K]`` view of the stacked weight (no concat: a concat of one
@@ -65,7 +65,8 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
 
     ``gemm``: ``"aten"`` (``F.linear``: cuBLAS / MKL; GELU a separate pass, the residual added in place) or
     ``"onednn"`` (CPU: :func:`pyengine.ops.onednn_linear.onednn_linear`, one oneDNN primitive per GEMM with the
-    bias, GELU and residual in its epilogue)."""
+    bias, GELU and residual in its epilogue; ``packs``, a :class:`~pyengine.ops.onednn_linear.PackedWeights`,
+    supplies prepacked bf16 weights at inference)."""
     G, N, K = weight.shape
     if in_cols is None:
         in_cols = default_in_cols(x.shape[1], G, K)
@@ -87,7 +88,8 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
         if ln is not None:
             a = F.layer_norm(a, (K,), ln[0], ln[1], eps)
         if gemm == "onednn":
-            outs.append(onednn_linear_op(a, w, b, activation, res))
+            outs.append(onednn_linear_op(a, w, b, activation, res) if packs is None
+                        else onednn_linear_prepacked(a, w, b, activation, res, packs))
             continue
         y = F.linear(a, w, b)
         if activation == "gelu":

