@@ -73,32 +73,25 @@ PYENGINE_INLINE v16f exp_nonpos(v16f x) {
   return p * (v16f)bits;
 }
 
-// Horizontal max / sum of 16 lanes by halving (a fixed order: deterministic, and 4 dependent steps, not 15).
-PYENGINE_INLINE v8f lo8(v16f v) {
-  v8f r;
+// The low / high half of a vector (Half is the vector type of half the width).
+template <typename Half, typename V>
+PYENGINE_INLINE Half low_half(V v) {
+  Half r;
   std::memcpy(&r, &v, sizeof r);
   return r;
 }
-PYENGINE_INLINE v8f hi8(v16f v) {
-  v8f r;
-  std::memcpy(&r, reinterpret_cast<const char*>(&v) + sizeof r, sizeof r);
-  return r;
-}
-PYENGINE_INLINE v4f lo4(v8f v) {
-  v4f r;
-  std::memcpy(&r, &v, sizeof r);
-  return r;
-}
-PYENGINE_INLINE v4f hi4(v8f v) {
-  v4f r;
+template <typename Half, typename V>
+PYENGINE_INLINE Half high_half(V v) {
+  Half r;
   std::memcpy(&r, reinterpret_cast<const char*>(&v) + sizeof r, sizeof r);
   return r;
 }
 
+// Horizontal max / sum of 16 lanes by halving (a fixed order: deterministic, and 4 dependent steps, not 15).
 PYENGINE_INLINE float hmax16(v16f v) {
-  const v8f a = lo8(v), b = hi8(v);
+  const v8f a = low_half<v8f>(v), b = high_half<v8f>(v);
   const v8f m8 = a > b ? a : b;
-  const v4f c = lo4(m8), d = hi4(m8);
+  const v4f c = low_half<v4f>(m8), d = high_half<v4f>(m8);
   const v4f m4 = c > d ? c : d;
   const float x = m4[0] > m4[2] ? m4[0] : m4[2];
   const float y = m4[1] > m4[3] ? m4[1] : m4[3];
@@ -106,8 +99,8 @@ PYENGINE_INLINE float hmax16(v16f v) {
 }
 
 PYENGINE_INLINE float hsum16(v16f v) {
-  const v8f s8 = lo8(v) + hi8(v);
-  const v4f s4 = lo4(s8) + hi4(s8);
+  const v8f s8 = low_half<v8f>(v) + high_half<v8f>(v);
+  const v4f s4 = low_half<v4f>(s8) + high_half<v4f>(s8);
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 

@@ -25,14 +25,12 @@ OP_IMPLS = {
 
 
 def _runs_on(impl: str, device_type: str) -> bool:
-    if impl == "cpp":
+    if impl in ("cpp", "onednn"):  # pyengine's C++ kernels, oneDNN's CPU inner product (ops/onednn_linear.py)
         return device_type == "cpu"
     if impl == "triton":
         return device_type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") == "1"
     if impl == "cuda":
         return device_type == "cuda"
-    if impl == "onednn":  # oneDNN's CPU inner product (pyengine/ops/onednn_linear.py)
-        return device_type == "cpu"
     return True  # reference: eager torch, any device
 
 

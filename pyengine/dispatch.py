@@ -19,6 +19,7 @@ silently, and ``model.report()`` lists the kernel of every op and why it was cho
 """
 import dataclasses
 import os
+import time
 
 import torch
 import torch.nn.functional as F
@@ -133,7 +134,6 @@ CPU_GEMM_SHAPE = (2048, 512, 512)  # M, K, N: the width of MHFormer / MixSTE blo
 
 
 def _time_gemm(fn, reps=5):
-    import time
     fn()  # warm-up: oneDNN creates (and caches) its primitive on the first call
     best = float("inf")
     for _ in range(reps):
@@ -152,7 +152,6 @@ def cpu_gemm_choice(dtype) -> Choice:
     """The GEMM ``auto`` runs ``ln_linear`` with on this CPU at ``dtype``: ``"onednn"`` where oneDNN's inner
     product is measurably faster than ATen's ``F.linear`` (MKL's sgemm in fp32: slow on AMD CPUs), else
     ``"aten"``. Measured once per dtype and process on a ``CPU_GEMM_SHAPE`` GEMM, interleaved, best of 5."""
-    dtype = torch.empty(0, dtype=dtype).dtype  # normalise
     if dtype in _CPU_GEMM:
         return _CPU_GEMM[dtype]
     pinned = os.environ.get("PYENGINE_CPU_GEMM")

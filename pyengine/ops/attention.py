@@ -59,6 +59,14 @@ def check_attention_args(q, k, v) -> None:
         raise ValueError(f"attention: k: expected at least one key (Nk >= 1), got {list(k.shape)}")
 
 
+def check_unit_head_stride(q, k, v) -> None:
+    """Both kernels read the head dim contiguously (any other strides)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.shape[-1] > 1 and t.stride(-1) != 1:
+            raise ValueError(f"attention: {name}: expected a unit stride on the last (head) dim, got strides "
+                             f"{list(t.stride())}")
+
+
 def _check_kernel_args(q, k, v) -> None:
     """What the Triton kernel additionally needs (a missing capability, not a wrong argument)."""
     if q.dtype not in DTYPES and not (q.dtype == torch.float64 and q.device.type == "cpu"):
@@ -69,10 +77,7 @@ def _check_kernel_args(q, k, v) -> None:
     if q.shape[-1] > MAX_HEAD_DIM:
         raise BackendUnavailableError(f"attention: backend='triton' supports head dims up to {MAX_HEAD_DIM}, "
                                       f"got D={q.shape[-1]}; use backend='reference'")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"attention: {name}: expected a unit stride on the last (head) dim, got strides "
-                             f"{list(t.stride())}")
+    check_unit_head_stride(q, k, v)
 
 
 @torch.library.custom_op("pyengine::attention", mutates_args=())
@@ -126,10 +131,7 @@ def _check_cpp_args(q, k, v) -> None:
     if q.dtype not in DTYPES:
         raise BackendUnavailableError(f"attention: backend='cpp' takes float32 / float16 / bfloat16, got q of "
                                       f"dtype {q.dtype}; use backend='reference'")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(f"attention: {name}: expected a unit stride on the last (head) dim, got strides "
-                             f"{list(t.stride())}")
+    check_unit_head_stride(q, k, v)
 
 
 @torch.library.custom_op("pyengine::attention_cpp", mutates_args=())

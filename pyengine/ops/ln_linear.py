@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError, device_guard, op_backend
-from .onednn_linear import onednn_linear_op, onednn_linear_prepacked
+from .onednn_linear import onednn_linear_prepacked
 
 ACTIVATIONS = ("none", "gelu")
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -70,9 +70,6 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
     G, N, K = weight.shape
     if in_cols is None:
         in_cols = default_in_cols(x.shape[1], G, K)
-    if gemm == "aten" and G > 1 and (ln_weight is not None or len(set(in_cols)) > 1):
-        return ln_linear_ref(x, weight, bias, ln_weight=ln_weight, ln_bias=ln_bias, eps=eps, in_cols=in_cols,
-                             activation=activation, residual=residual)
     if gemm not in ("aten", "onednn"):
         raise ValueError(f"gemm: expected 'aten' or 'onednn', got {gemm!r}")
     if G == 1 or (ln_weight is None and len(set(in_cols)) == 1):
@@ -88,8 +85,7 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
         if ln is not None:
             a = F.layer_norm(a, (K,), ln[0], ln[1], eps)
         if gemm == "onednn":
-            outs.append(onednn_linear_op(a, w, b, activation, res) if packs is None
-                        else onednn_linear_prepacked(a, w, b, activation, res, packs))
+            outs.append(onednn_linear_prepacked(a, w, b, activation, res, packs))
             continue
         y = F.linear(a, w, b)
         if activation == "gelu":

@@ -140,10 +140,10 @@ class PackedWeights:
         return len(self._packs)
 
 
-def onednn_linear_prepacked(x, weight, bias, activation, residual, packs: PackedWeights):
-    """:func:`onednn_linear_op`'s result, from ``packs``' prepacked copy of ``weight`` where
+def onednn_linear_prepacked(x, weight, bias, activation, residual, packs: Optional[PackedWeights]):
+    """:func:`onednn_linear_op`'s result, from ``packs``' prepacked copy of ``weight`` where there is a cache and
     :meth:`PackedWeights.usable`, else through the registered op (autograd, compile, export)."""
-    if PackedWeights.usable(x, weight):
+    if packs is not None and PackedWeights.usable(x, weight):
         return _inner_product(x, packs.get(weight, x.shape[0]), bias, activation, residual)
     return onednn_linear_op(x, weight, bias, activation, residual)
 
