@@ -102,6 +102,16 @@ def separated_features(B: int, N: int, C: int, keep: int, seed: int, dtype: torc
     raise AssertionError("could not draw well-separated scores; adjust the test sizes")
 
 
+def fused_qkv_views(buf: torch.Tensor, B: int, N: int, G: int, H: int, D: int, layout: str = "qkv-major"):
+    """q, k, v ``[B, G, N, H, D]`` as strided views of one fused projection output ``buf [B*N, 3*G*H*D]``, the way
+    the models produce them: columns ordered (qkv, group, head, dim) ("qkv-major") or (group, qkv, head, dim)."""
+    if layout == "qkv-major":
+        return buf.view(B, N, 3, G, H, D).permute(2, 0, 3, 1, 4, 5).unbind(0)
+    if layout == "group-major":
+        return buf.view(B, N, G, 3, H, D).permute(3, 0, 2, 1, 4, 5).unbind(0)
+    raise ValueError(f"layout: expected 'qkv-major' or 'group-major', got {layout!r}")
+
+
 def dispatched_ops(fn, *args, **kwargs):
     """Run ``fn(*args, **kwargs)`` under a dispatch mode; returns ``(result, names of the ops the mode saw)``
     (e.g. ``"pyengine.susa.default"``): how tests check which path a wrapper took."""

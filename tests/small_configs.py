@@ -1,5 +1,7 @@
-"""Small configurations of the architectures, shared by the engine tests (tests/engine/): fast on 2 CPU cores,
-the published frame counts where they matter (MHFormer-81's strided MHG), every structural branch present."""
+"""Small configurations of the architectures and the forward call, shared by the engine tests (tests/engine/,
+tests/gpu/): fast on 2 CPU cores, the published frame counts where they matter (MHFormer-81's strided MHG), every
+structural branch present."""
+import pyengine
 
 # The MHFormer / MixSTE family (the engine tests parametrise over exactly these)
 TRANSFORMERS = {
@@ -21,3 +23,18 @@ SMALL = {
     "sx_shuffle_unit": dict(in_channels=16, out_channels=16),
     "px_shuffle_unit": dict(in_channels=16, out_channels=16),
 }
+
+
+def arch_of(name):
+    """The architecture of a SMALL entry ("mhformer81" is an MHFormer)."""
+    return name.rstrip("0123456789") if name.startswith("mhformer") else name
+
+
+def call(model, arch, x, index=None):
+    """``(output, index or None)`` of one forward: the index asked for where the architecture returns it on request
+    (HoT), a given token ``index`` passed on."""
+    kw = {} if index is None else {"index": index}
+    if pyengine.arch.SPECS[arch].returns_index_on_request:
+        kw["return_index"] = True
+    out = model(x, **kw)
+    return out if isinstance(out, tuple) else (out, None)

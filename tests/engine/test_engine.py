@@ -10,21 +10,13 @@ from pyengine.models import CHIBlock, MHFormer, SHRBlock
 from pyengine.nn._common import Fused
 from pyengine.testing import randomize_, rel_error
 
-from small_configs import TRANSFORMERS as SMALL
+from small_configs import TRANSFORMERS as SMALL, arch_of, call
 from thirdparty_models import ThirdPartyMHFormer, ThirdPartyMixSTE
 
 
 def build(name):
-    arch = name.rstrip("0123456789") if name.startswith("mhformer") else name
+    arch = arch_of(name)
     return arch, randomize_(pyengine.arch.MODELS[arch](**SMALL[name]), seed=1).eval()
-
-
-def call(model, arch, x, index=None):
-    kw = {} if index is None else {"index": index}
-    if arch == "hot_mixste":
-        kw["return_index"] = True
-    out = model(x, **kw)
-    return out if isinstance(out, tuple) else (out, None)
 
 
 def poses(model_cfg, B=3, seed=0):

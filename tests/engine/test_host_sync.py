@@ -11,17 +11,13 @@ import torch
 import pyengine
 from pyengine.testing import HostSyncRecorder, randomize_
 
-from small_configs import SMALL
+from small_configs import SMALL, arch_of, call
 
 TPC = ("tpc_mhformer", "tpc_mixste", "hot_mixste", "hot_motionbert")
 
 
-def _arch(name):
-    return name.rstrip("0123456789") if name.startswith("mhformer") else name
-
-
 def _model_and_input(name, backend):
-    arch = _arch(name)
+    arch = arch_of(name)
     ref = randomize_(pyengine.arch.MODELS[arch](**SMALL[name]), seed=1).eval()
     model = pyengine.load(ref, backend=backend, device="cpu")
     cfg = SMALL[name]
@@ -34,26 +30,19 @@ def _model_and_input(name, backend):
     return arch, model, x
 
 
-def _forward(model, arch, x, index=None):
-    kw = {} if index is None else {"index": index}
-    if pyengine.arch.SPECS[arch].returns_index_on_request:
-        kw["return_index"] = True
-    return model(x, **kw)
-
-
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("name", list(SMALL))
 def test_steady_state_forward_makes_no_host_sync(name, backend):
     arch, model, x = _model_and_input(name, backend)
     with torch.no_grad():
-        first = _forward(model, arch, x)  # builds the weight caches
+        first = call(model, arch, x)  # builds the weight caches
         with HostSyncRecorder() as rec:
-            _forward(model, arch, x)
+            call(model, arch, x)
         assert not rec.calls, f"{name} on {backend}: host syncs in the forward:\n" + "\n".join(rec.calls)
         if arch in TPC:  # a given selection (lift's flip pass reuses the index) must not sync either
             index = first[1]
             with HostSyncRecorder() as rec:
-                _forward(model, arch, x, index)
+                call(model, arch, x, index)
             assert not rec.calls, f"{name} on {backend} with index=: host syncs:\n" + "\n".join(rec.calls)
 
 
@@ -73,7 +62,7 @@ def test_the_recorder_sees_each_kind_of_sync():
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpp"])
-def test_hot_mixste_exports_without_a_value_check_in_the_forward(backend):
+def test_hot_mixste_exports_without_a_value_check_in_thecall(backend):
     """torch.export traces the TPC selection (the exporter tripped on the old host-side NaN check)."""
     arch, model, x = _model_and_input("hot_mixste", backend)
     exported = torch.export.export(model, (x,))

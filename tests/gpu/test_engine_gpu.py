@@ -7,6 +7,8 @@ import torch
 import pyengine
 from pyengine.testing import randomize_, rel_error
 
+from small_configs import call
+
 pytestmark = pytest.mark.gpu  # (conftest skips it without a GPU)
 
 CASES = {
@@ -17,14 +19,6 @@ CASES = {
     "tpc_mixste": dict(frames=27, channel=64, depth=3, heads=8, token_num=9, layer_index=2),
 }
 BACKENDS = ["triton", pytest.param("cuda", marks=pytest.mark.cuda_ext), "auto"]
-
-
-def run(model, arch, x, index=None):
-    kw = {} if index is None else {"index": index}
-    if arch == "hot_mixste":
-        kw["return_index"] = True
-    out = model(x, **kw)
-    return out if isinstance(out, tuple) else (out, None)
 
 
 def build(arch, seed=0):
@@ -43,9 +37,9 @@ def test_gpu_backends_match_reference(arch, backend, dtype):
     x = poses(arch)
     fast = pyengine.load(ref, backend=backend, device="cuda", dtype=dtype, cuda_graphs=False)
     with torch.no_grad():
-        want, idx = run(ref.double().cuda(), arch, x.double())
-        base, _ = run(pyengine.load(ref, backend="reference", device="cuda", dtype=dtype), arch, x, idx)
-        got, _ = run(fast, arch, x, idx)
+        want, idx = call(ref.double().cuda(), arch, x.double())
+        base, _ = call(pyengine.load(ref, backend="reference", device="cuda", dtype=dtype), arch, x, idx)
+        got, _ = call(fast, arch, x, idx)
     floor = 1e-4 if dtype == torch.float32 else 1e-1
     assert torch.isfinite(got).all()
     assert rel_error(got, want) <= max(floor, 2 * rel_error(base, want))
@@ -60,7 +54,7 @@ def test_cuda_graph_replay_equals_eager(arch, backend):
     for _ in range(3):  # capture on the first call, replay on the next ones with new inputs
         x = poses(arch, B=2)
         with torch.no_grad():
-            a, b = run(graphed, arch, x), run(eager, arch, x)
+            a, b = call(graphed, arch, x), call(eager, arch, x)
         assert torch.equal(a[0], b[0])
     fwd = graphed.forward
     assert fwd.captures == 1 and not fwd.failures, graphed.report()
@@ -70,10 +64,10 @@ def test_cuda_graph_replay_equals_eager(arch, backend):
     eager.load_state_dict(new)
     x = poses(arch, B=2)
     with torch.no_grad():
-        assert torch.equal(run(graphed, arch, x)[0], run(eager, arch, x)[0])
+        assert torch.equal(call(graphed, arch, x)[0], call(eager, arch, x)[0])
     assert fwd.captures == 2
     with torch.inference_mode():  # its own graph (inference tensors)
-        assert torch.equal(run(graphed, arch, x)[0], run(eager, arch, x)[0])
+        assert torch.equal(call(graphed, arch, x)[0], call(eager, arch, x)[0])
 
 
 @pytest.mark.parametrize("arch", list(CASES))
@@ -82,11 +76,11 @@ def test_steady_state_forward_has_no_host_sync(arch):
     model = pyengine.load(build(arch), backend="triton", device="cuda", cuda_graphs=False)
     x = poses(arch, B=2)
     with torch.no_grad():
-        run(model, arch, x)
+        call(model, arch, x)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
-            run(model, arch, x)
+            call(model, arch, x)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
@@ -99,6 +93,6 @@ def test_model_on_a_second_gpu_without_set_device(backend):
     x = poses("hot_mixste", B=2).to("cuda:1")
     assert torch.cuda.current_device() == 0
     with torch.no_grad():
-        got, _ = run(model, "hot_mixste", x)
-        want, _ = run(pyengine.load(ref, backend="reference", device="cuda:1"), "hot_mixste", x)
+        got, _ = call(model, "hot_mixste", x)
+        want, _ = call(pyengine.load(ref, backend="reference", device="cuda:1"), "hot_mixste", x)
     assert got.device == torch.device("cuda:1") and rel_error(got, want) < 1e-4

@@ -8,7 +8,7 @@ import torch
 from pyengine.backends import BackendUnavailableError
 from pyengine.kernels import attention as kernel
 from pyengine.ops.attention import attention, attention_op, attention_ref
-from pyengine.testing import assert_close, rel_error
+from pyengine.testing import assert_close, fused_qkv_views, rel_error
 
 # additive floors: the bound is 2 * eager error + MARGIN[dtype]
 MARGIN = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
@@ -59,11 +59,7 @@ def test_strided_views_of_a_fused_qkv_buffer(layout):
     """q, k, v as views of one fused projection output ``[B*N, 3*G*H*D]``: no copy, the kernel reads strides."""
     B, N, G, H, D = 3, 27, 3, 2, 9
     buf = torch.randn(B * N, 3 * G * H * D)
-    if layout == "qkv-major":
-        qkv = buf.view(B, N, 3, G, H, D).permute(2, 0, 3, 1, 4, 5)  # [3, B, G, N, H, D]
-    else:
-        qkv = buf.view(B, N, G, 3, H, D).permute(3, 0, 2, 1, 4, 5)
-    q, k, v = qkv.unbind(0)
+    q, k, v = fused_qkv_views(buf, B, N, G, H, D, layout)
     assert not q.is_contiguous() and q.data_ptr() != k.data_ptr()
     out = check_close(q, k, v)
     torch.testing.assert_close(out.view(B * N, G * H * D),

@@ -12,7 +12,7 @@ import torch
 
 from pyengine.backends import BackendUnavailableError
 from pyengine.ops.attention import attention, attention_cpp_op, attention_ref
-from pyengine.testing import assert_close
+from pyengine.testing import assert_close, fused_qkv_views
 
 attention_module = importlib.import_module("pyengine.ops.attention")  # pyengine.ops.attention is the function
 
@@ -83,11 +83,7 @@ def test_strided_views_of_a_fused_qkv_buffer(layout, dtype):
     """q, k, v as views of one fused projection output ``[B*N, 3*G*H*D]``: no copy, the kernel reads strides."""
     B, N, G, H, D = 3, 27, 3, 2, 32
     buf = rand(B * N, 3 * G * H * D, dtype=dtype)
-    if layout == "qkv-major":
-        views = buf.view(B, N, 3, G, H, D).permute(2, 0, 3, 1, 4, 5)  # [3, B, G, N, H, D]
-    else:
-        views = buf.view(B, N, G, 3, H, D).permute(3, 0, 2, 1, 4, 5)
-    q, k, v = views.unbind(0)
+    q, k, v = fused_qkv_views(buf, B, N, G, H, D, layout)
     assert not q.is_contiguous() and not k.is_contiguous()
     out = check(q, k, v)
     assert torch.equal(out, attention(q.contiguous(), k.contiguous(), v.contiguous(), backend="cpp"))
