@@ -59,7 +59,9 @@ WHY = {
     "index": "ATen advanced indexing (a gather is bandwidth-bound; one kernel already)",
     "reference": "eager reference composition",
     "onednn": "oneDNN inner product (bias / GELU / residual fused in its epilogue; bf16 weights prepacked at "
-              "inference) + ATen layer_norm",
+              "inference where that measures faster) + ATen layer_norm",
+    "fastest": "per call shape, the faster of pyengine's C++ kernel and torch SDPA on this CPU, timed at the first "
+               "call of each shape (interleaved, best of 3; a tie keeps SDPA) and cached for the process",
 }
 # Reasons that depend on the op as well as the implementation.
 WHY_OP = {("dwconv3x3", "aten"): "ATen F.conv2d, depthwise (cuDNN on CUDA), with BatchNorm folded into it: no "
@@ -105,6 +107,10 @@ class Choice:
     op: str
     impl: str
     why: str
+    detail: object = None  # () -> str: what was measured so far, appended to `why` by report() (a live view)
+
+    def describe(self) -> str:
+        return self.why + (self.detail() if self.detail is not None else "")
 
 
 def resolve(backend: str, device, dtype=None) -> dict:
@@ -119,9 +125,10 @@ def resolve(backend: str, device, dtype=None) -> dict:
             return {op: Choice(op, impl, f"{why(op, impl)}; {tag}") for op, impl in AUTO_CUDA.items()}
         choice = {op: Choice(op, impl, f"{why(op, impl)}; auto on CPU") for op, impl in TABLE["cpp"].items()}
         choice["ln_linear"] = cpu_gemm_choice(torch.float32 if dtype is None else dtype)
+        choice["attention"] = cpu_attention_choice()
     else:
         choice = {op: Choice(op, impl, why(op, impl)) for op, impl in TABLE[backend].items()}
-    if dtype == torch.float64 and choice["attention"].impl == "cpp":  # the C++ kernel computes in fp32
+    if dtype == torch.float64 and choice["attention"].impl in ("cpp", "fastest"):  # the C++ kernel: fp32 math
         choice["attention"] = Choice("attention", "sdpa", f"{WHY['sdpa']}; float64: pyengine's C++ attention "
                                                           "computes in fp32, so an fp64 model runs SDPA")
     return choice
@@ -130,7 +137,10 @@ def resolve(backend: str, device, dtype=None) -> dict:
 # "auto"'s CPU GEMM, measured once per dtype and process: {dtype: Choice}. PYENGINE_CPU_GEMM=aten|onednn pins it
 # (reproducible runs; the report says it was pinned).
 _CPU_GEMM = {}
-CPU_GEMM_SHAPE = (2048, 512, 512)  # M, K, N: the width of MHFormer / MixSTE blocks, a latency batch of tokens
+# The GEMMs of one pre-norm transformer block at the width of MHFormer / MixSTE (512), over a latency batch of
+# tokens: one 512 x 512 GEMM alone was a near tie in bf16 that flipped between processes, while oneDNN's fused
+# epilogues and prepacked weights win the block clearly (and the models with it).
+CPU_GEMM_ROWS, CPU_GEMM_WIDTH = 2048, 512
 
 
 def _time_gemm(fn, reps=5):
@@ -151,7 +161,8 @@ def _emulated_note(dtype) -> str:
 def cpu_gemm_choice(dtype) -> Choice:
     """The GEMM ``auto`` runs ``ln_linear`` with on this CPU at ``dtype``: ``"onednn"`` where oneDNN's inner
     product is measurably faster than ATen's ``F.linear`` (MKL's sgemm in fp32: slow on AMD CPUs), else
-    ``"aten"``. Measured once per dtype and process on a ``CPU_GEMM_SHAPE`` GEMM, interleaved, best of 5."""
+    ``"aten"``. Measured once per dtype and process on one block's GEMMs (``CPU_GEMM_ROWS`` x ``CPU_GEMM_WIDTH``),
+    each composed as ``ln_linear`` runs it, interleaved, best of 6."""
     if dtype in _CPU_GEMM:
         return _CPU_GEMM[dtype]
     pinned = os.environ.get("PYENGINE_CPU_GEMM")
@@ -165,27 +176,97 @@ def cpu_gemm_choice(dtype) -> Choice:
         choice = Choice("ln_linear", pinned, f"{WHY[pinned]}; auto on CPU, pinned by PYENGINE_CPU_GEMM={pinned}"
                         + _emulated_note(dtype))
     else:
-        M, K, N = CPU_GEMM_SHAPE
+        M, C = CPU_GEMM_ROWS, CPU_GEMM_WIDTH
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(M, K, generator=g).to(dtype)
-        w = (torch.randn(N, K, generator=g) * K ** -0.5).to(dtype)
-        b = torch.randn(N, generator=g).to(dtype)
-        packs = PackedWeights()  # what inference runs: prepacked weights in bf16 (fp32: the dense weight)
+
+        def rand(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+        # one pre-norm block's GEMMs as ln_linear runs them: QKV, fc1 + GELU, fc2 + residual (proj is like fc2)
+        gemms = [(rand(M, k), rand(n, k, scale=k ** -0.5), rand(n), act, rand(M, n) if res else None)
+                 for k, n, act, res in ((C, 3 * C, "none", False), (C, 2 * C, "gelu", False), (2 * C, C, "none", True))]
+        packs = PackedWeights()  # what inference runs: in bf16, weights prepacked where that is faster
+
+        def aten_block():
+            for a, w, b, act, r in gemms:
+                y = F.linear(a, w, b)
+                y = F.gelu(y) if act == "gelu" else y
+                if r is not None:
+                    y.add_(r)
+
+        def onednn_block():
+            for a, w, b, act, r in gemms:
+                onednn_linear_prepacked(a, w, b, act, r, packs)
+
         with torch.no_grad():
             t_aten, t_dnn = float("inf"), float("inf")
             for _ in range(2):  # interleaved, so machine noise hits both alike
-                t_aten = min(t_aten, _time_gemm(lambda: F.linear(x, w, b)))
-                t_dnn = min(t_dnn, _time_gemm(lambda: onednn_linear_prepacked(x, w, b, "none", None, packs)))
-        flop = 2 * M * K * N
-        # A tie keeps ATen, the reference's own kernel. (In bf16, ATen's F.linear is itself a oneDNN matmul: the two
-        # measure within a few percent, whole models too, and neither is consistently more accurate.)
+                t_aten = min(t_aten, _time_gemm(aten_block, reps=3))
+                t_dnn = min(t_dnn, _time_gemm(onednn_block, reps=3))
+        flop = 2 * M * C * C * (3 + 2 + 2)
+        # A tie keeps ATen, the reference's own kernel.
         impl = "onednn" if t_dnn < 0.95 * t_aten else "aten"
         choice = Choice("ln_linear", impl, f"{WHY[impl]}; auto on CPU, measured once: oneDNN "
-                        f"{flop / t_dnn / 1e9:.0f} vs ATen F.linear {flop / t_aten / 1e9:.0f} GFLOP/s "
-                        f"({M}x{K} @ {K}x{N}, {str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} "
-                        f"threads){_emulated_note(dtype)}")
+                        f"{flop / t_dnn / 1e9:.0f} vs ATen F.linear {flop / t_aten / 1e9:.0f} GFLOP/s (a block's "
+                        f"QKV, fc1 + GELU, fc2 + residual at {M} rows x {C}, {str(dtype).removeprefix('torch.')}, "
+                        f"{torch.get_num_threads()} threads){_emulated_note(dtype)}")
     _CPU_GEMM[dtype] = choice
     return choice
+
+
+# "auto"'s CPU attention, measured per call signature and process: {key: (impl, ms SDPA, ms cpp)}.
+# PYENGINE_CPU_ATTENTION=cpp|sdpa pins it (reproducible runs).
+_CPU_ATTENTION = {}
+
+
+def cpu_attention_choice() -> Choice:
+    """``auto``'s attention on CPU: ``"fastest"`` (:func:`cpu_attention_impl`, per call shape), or the kernel
+    ``PYENGINE_CPU_ATTENTION`` pins. Neither kernel wins everywhere: measured on an AMX Xeon, SDPA is up to 2.4x
+    faster in bf16 (its GEMMs run on AMX, the C++ kernel widens bf16 to fp32), the C++ kernel up to 1.5x on small
+    heads (MHFormer's MHG: 9 channels per head)."""
+    pinned = os.environ.get("PYENGINE_CPU_ATTENTION")
+    if pinned not in (None, "", "cpp", "sdpa"):
+        raise ValueError(f"PYENGINE_CPU_ATTENTION: expected 'cpp' or 'sdpa' (or unset: measure), got {pinned!r}")
+    if pinned:
+        return Choice("attention", pinned, f"{WHY[pinned]}; auto on CPU, pinned by PYENGINE_CPU_ATTENTION={pinned}")
+    return Choice("attention", "fastest", f"{WHY['fastest']}; auto on CPU", detail=_attention_measured)
+
+
+def _attention_measured() -> str:
+    if not _CPU_ATTENTION:
+        return "; nothing measured yet in this process"
+    seen = [f"q {list(k[0])} {str(k[3]).removeprefix('torch.')}: {impl} (SDPA {a:.2f} ms, cpp {c:.2f} ms)"
+            for k, (impl, a, c) in _CPU_ATTENTION.items()]
+    return "; measured: " + ", ".join(seen)
+
+
+def _is_real(t) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+    return t.device.type == "cpu" and not isinstance(t, FakeTensor)
+
+
+def cpu_attention_impl(q, k, v) -> str:
+    """``"cpp"`` or ``"sdpa"`` for these CPU inputs: both timed at the first call of this (shapes, strides, dtype,
+    threads) signature, cached for the process. While compiling, exporting or on fake tensors nothing can be
+    timed: SDPA, torch's own op, is what gets traced."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or not _is_real(q):
+        return "sdpa"
+    key = (tuple(q.shape), tuple(k.shape), (q.stride(), k.stride(), v.stride()), q.dtype, torch.get_num_threads())
+    hit = _CPU_ATTENTION.get(key)
+    if hit is None:
+        with torch.no_grad():
+            t_sdpa, t_cpp = float("inf"), float("inf")
+            for _ in range(3):  # interleaved, so machine noise hits both alike; the first round also warms up
+                t_sdpa = min(t_sdpa, _time_once(lambda: sdpa_attention(q, k, v)))
+                t_cpp = min(t_cpp, _time_once(lambda: attention(q, k, v, backend="cpp")))
+        hit = _CPU_ATTENTION[key] = ("cpp" if t_cpp < 0.95 * t_sdpa else "sdpa", t_sdpa * 1e3, t_cpp * 1e3)
+    return hit[0]
+
+
+def _time_once(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def why(op: str, impl: str) -> str:
@@ -195,18 +276,27 @@ def why(op: str, impl: str) -> str:
 
 def sdpa_attention(q, k, v):
     """``softmax(q k^T * D^-0.5) v`` over ``[B, G, N, H, D]`` views with torch's fused SDPA; returns
-    ``[B, Nq, G, H, D]`` contiguous (the layout of ``pyengine::attention``)."""
-    B, G, Nq, H, D = q.shape
-    Nk = k.shape[2]
-    if G == 1:  # [B, N, H, D] -> [B, H, N, D] are strided views SDPA reads in place: no input copies
-        out = F.scaled_dot_product_attention(q[:, 0].transpose(1, 2), k[:, 0].transpose(1, 2),
-                                             v[:, 0].transpose(1, 2), scale=D ** -0.5)  # [B, H, Nq, D]
+    ``[B, Nq, G, H, D]`` contiguous (the layout of ``pyengine::attention``). q may have one group for all."""
+    B, Gq, Nq, H, D = q.shape
+    G = k.shape[1]
+
+    def heads(t, g):  # [B, N, H, D] -> [B, H, N, D]: a strided view SDPA reads in place, no input copy
+        return t[:, g].transpose(1, 2)
+
+    if G == 1:
+        out = F.scaled_dot_product_attention(heads(q, 0), heads(k, 0), heads(v, 0), scale=D ** -0.5)
         return out.transpose(1, 2).reshape(B, Nq, 1, H, D)
-    qh = q.permute(0, 1, 3, 2, 4).expand(B, G, H, Nq, D).reshape(B * G, H, Nq, D)
-    kh = k.permute(0, 1, 3, 2, 4).reshape(B * G, H, Nk, D)
-    vh = v.permute(0, 1, 3, 2, 4).reshape(B * G, H, Nk, D)
-    out = F.scaled_dot_product_attention(qh, kh, vh, scale=D ** -0.5)  # [B*G, H, Nq, D]
-    return out.view(B, G, H, Nq, D).permute(0, 3, 1, 2, 4).contiguous()
+    if B == 1 and Gq == G:  # batch 1 (MixSTE's temporal attention: joints are the groups): G is the SDPA batch
+        out = F.scaled_dot_product_attention(q[0].transpose(1, 2), k[0].transpose(1, 2), v[0].transpose(1, 2),
+                                             scale=D ** -0.5)  # [G, H, Nq, D]
+        return out.permute(2, 0, 1, 3).unsqueeze(0).contiguous()
+    # One SDPA per group on strided views: merging B and G into one batch axis would copy q, k and v first
+    # (measured 1.7x slower on MHFormer's grouped SHR attention, fp32); only the output is written once.
+    out = q.new_empty(B, Nq, G, H, D)
+    for g in range(G):
+        o = F.scaled_dot_product_attention(heads(q, 0 if Gq == 1 else g), heads(k, g), heads(v, g), scale=D ** -0.5)
+        out[:, :, g].copy_(o.transpose(1, 2))
+    return out
 
 
 class Ops:
@@ -235,6 +325,8 @@ class Ops:
 
     def attention(self, q, k, v):
         impl = self.impl["attention"]
+        if impl == "fastest":
+            impl = cpu_attention_impl(q, k, v)
         if impl == "sdpa":
             return sdpa_attention(q, k, v)
         if impl == "reference":

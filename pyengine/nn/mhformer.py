@@ -106,8 +106,13 @@ class CHIBlock(Fused, ref.CHIBlock):
     report_parts = {"3 sequential cross-attention steps + mixing MLP": ("ln_linear", "attention")}
 
     def forward_packed(self, X, B, N):
+        """``X [B*N, 3C]`` -> ``[B*N, 3C]``. At inference X's columns are updated in place, step by step (X is the
+        caller's scratch buffer: the fused model's SHR output, or ``forward``'s concat); under autograd, compile or
+        export each step builds a new buffer instead."""
         ops = self.ops_for(X)
         C = X.shape[1] // 3
+        graded = torch.is_grad_enabled() and (X.requires_grad or any(p.requires_grad for p in self.parameters()))
+        in_place = not graded and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
         for a, srcs in CHI_STEPS:
             attn = getattr(self, f"attn_{a + 1}")
             norms = [getattr(self, f"norm3_{a + 1}{j + 1}") for j in range(3)]
@@ -122,7 +127,10 @@ class CHIBlock(Fused, ref.CHIBlock):
             o = ops.attention(t[0][:, None], t[1][:, None], t[2][:, None])  # [B, N, 1, H, D]
             xa = ops.ln_linear(o.view(B * N, C), attn.proj.weight[None], attn.proj.bias[None],
                                residual=X[:, a * C:(a + 1) * C])
-            X = torch.cat([xa if i == a else X[:, i * C:(i + 1) * C] for i in range(3)], dim=1)
+            if in_place:  # one column block written, instead of a concat copying all three
+                X[:, a * C:(a + 1) * C].copy_(xa)
+            else:
+                X = torch.cat([xa if i == a else X[:, i * C:(i + 1) * C] for i in range(3)], dim=1)
         return _mixing_mlp(ops, X, self)
 
     def forward(self, x_1, x_2, x_3):
@@ -143,7 +151,7 @@ class MHFormer(Fused, ref.MHFormer):
                     "embeddings (3 hypotheses, one launch; F=27 BatchNorm folded)": ("ln_linear",),
                     "hypothesis LN + regression (BatchNorm folded)": ("ln_linear",)}
     report_glue = ("input transpose (34 x F per window), embedding stack, pos_embed_k add, CHI column writes "
-                   "(torch.cat); F=27 embedding ReLU")
+                   "(in place at inference, torch.cat under autograd); F=27 embedding ReLU")
 
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         super().__init__(*args, **kwargs)

@@ -58,7 +58,7 @@ def report(model) -> Report:
         for cls in own:
             for what, ops in cls.__dict__.get("report_parts", {}).items():
                 kern = ", ".join(f"{op}={choice[op].impl}" for op in ops)
-                why = "\n".join(f"{choice[op].impl}: {choice[op].why}" for op in ops)
+                why = "\n".join(f"{choice[op].impl}: {choice[op].describe()}" for op in ops)
                 rows.append(ReportRow(name or "(model)", what, kern, why))
         glue = next((c.__dict__["report_glue"] for c in own if c.__dict__.get("report_glue")), None)
         if glue and not name:

@@ -79,19 +79,38 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
         groups = [(c, weight[g], None if bias is None else bias[g],
                    None if ln_weight is None else (ln_weight[g], ln_bias[g]),
                    None if residual is None else residual[:, g * N:(g + 1) * N]) for g, c in enumerate(in_cols)]
+    # Several groups: with nothing to differentiate, each group's ATen GEMM writes its column block of one output
+    # (addmm's out= takes the strided slice as is) instead of a concat copying every group once more.
+    # Autograd (out= has no derivative), compile / export and oneDNN (no out=) concatenate.
+    into = None
+    if len(groups) > 1 and gemm == "aten" and not _needs_autograd(x, weight, bias, ln_weight, ln_bias, residual) \
+            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        into = x.new_empty(x.shape[0], G * N)
     outs = []
-    for c, w, b, ln, res in groups:
+    for g, (c, w, b, ln, res) in enumerate(groups):
         a = x[:, c:c + K]
         if ln is not None:
             a = F.layer_norm(a, (K,), ln[0], ln[1], eps)
         if gemm == "onednn":
             outs.append(onednn_linear_prepacked(a, w, b, activation, res, packs))
             continue
-        y = F.linear(a, w, b)
-        if activation == "gelu":
-            y = F.gelu(y)
-        outs.append(y if res is None else y.add_(res))  # y is a fresh tensor: adding in place is safe
+        if into is not None:
+            y = into[:, g * N:(g + 1) * N]
+            torch.mm(a, w.t(), out=y) if b is None else torch.addmm(b, a, w.t(), out=y)
+            if activation == "gelu":
+                torch.ops.aten.gelu_(y)
+        else:
+            y = F.linear(a, w, b)
+            if activation == "gelu":
+                y = F.gelu(y)
+        outs.append(y if res is None else y.add_(res))  # y is a fresh tensor (or into's block): in place is safe
+    if into is not None:
+        return into
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def _needs_autograd(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _shape(t):

@@ -17,6 +17,7 @@ on CPUs without AVX-512 BF16 / AMX, which :func:`onednn_bf16_native` tells). fp3
 default math mode; pyengine never sets ``torch.backends.mkldnn`` to tf32 / bf16 math).
 """
 import math
+import time
 from typing import Optional
 
 import torch
@@ -105,10 +106,13 @@ def onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
 
 
 class PackedWeights:
-    """oneDNN-prepacked copies of bf16 weights (``mkldnn._reorder_linear_weight``), made once per weight version:
-    measured 8% faster whole bf16 MHFormer forwards on this project's CPU (fp32 gains nothing, so only bf16 packs).
-    Used only where a prepacked (opaque) weight is safe: eager inference (no autograd, not compiling or
-    exporting) on ordinary tensors. A packed weight serves every batch size with bit-identical results.
+    """oneDNN-prepacked copies of bf16 weights (``mkldnn._reorder_linear_weight``), made once per weight version,
+    used where they measure faster: packing is a layout chosen for one GEMM shape, and it is not always a win
+    (measured on an AMX Xeon: 1.2x faster for ``702x512 @ 512x1536``, 1.7x *slower* for ``702x1536 @ 1536x1024``).
+    So at its first use each weight's GEMM is timed both ways with that call's input (interleaved, best of 3; a tie
+    keeps the dense weight) and the faster weight is kept. Used only where a prepacked (opaque) weight is safe:
+    eager inference (no autograd, not compiling or exporting) on ordinary tensors. Dense and packed results are
+    bit-identical, for every batch size, so the choice changes speed only.
 
     An entry is keyed by the weight's (data pointer, shape, strides) and remembers its ``_version``: an in-place
     update (``load_state_dict``, ``copy_``) repacks it; the entry holds the weight, so its memory (and pointer)
@@ -126,25 +130,42 @@ class PackedWeights:
                 and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
                 and not weight.is_inference())  # inference tensors have no version counter to key on
 
-    def get(self, weight, batch: int):
+    def get(self, weight, x, bias=None):
+        """The weight to run ``x @ weight.T`` with: the packed copy or ``weight`` itself, whichever measured faster
+        for this weight at its first use (``x`` and ``bias`` are that use's)."""
         key = (weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()))
         hit = self._packs.get(key)
         if hit is None or hit[0] != weight._version:
             if len(self._packs) >= self.MAX_ENTRIES:
                 self._packs.clear()
-            hit = (weight._version, weight, torch.ops.mkldnn._reorder_linear_weight(weight, batch))
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, x.shape[0])
+            t_dense, t_packed = float("inf"), float("inf")
+            for _ in range(3):  # interleaved; the first round also creates (and caches) both oneDNN primitives
+                t_dense = min(t_dense, _time_once(lambda: _inner_product(x, weight, bias, "none", None)))
+                t_packed = min(t_packed, _time_once(lambda: _inner_product(x, packed, bias, "none", None)))
+            hit = (weight._version, weight, packed if t_packed < 0.97 * t_dense else weight)
             self._packs[key] = hit
         return hit[2]
 
     def __len__(self):
         return len(self._packs)
 
+    def packed_count(self) -> int:
+        """How many cached weights run prepacked (the rest measured faster dense)."""
+        return sum(1 for _, w, use in self._packs.values() if use is not w)
+
+
+def _time_once(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
 
 def onednn_linear_prepacked(x, weight, bias, activation, residual, packs: Optional[PackedWeights]):
-    """:func:`onednn_linear_op`'s result, from ``packs``' prepacked copy of ``weight`` where there is a cache and
-    :meth:`PackedWeights.usable`, else through the registered op (autograd, compile, export)."""
+    """:func:`onednn_linear_op`'s result, from ``packs``' choice of weight (prepacked or dense) where there is a
+    cache and :meth:`PackedWeights.usable`, else through the registered op (autograd, compile, export)."""
     if packs is not None and PackedWeights.usable(x, weight):
-        return _inner_product(x, packs.get(weight, x.shape[0]), bias, activation, residual)
+        return _inner_product(x, packs.get(weight, x, bias), bias, activation, residual)
     return onednn_linear_op(x, weight, bias, activation, residual)
 
 

@@ -55,7 +55,8 @@ def test_half_precision_through_triton():
 
 
 def test_auto_on_cpu_is_the_cpp_table_and_report_is_complete():
-    """auto on CPU = the cpp column, but for ln_linear's GEMM, measured per dtype (tests/ops/test_onednn_linear.py)."""
+    """auto on CPU = the cpp column, but for ln_linear's GEMM, measured per dtype (tests/ops/test_onednn_linear.py),
+    and attention, measured per call shape (test_auto_cpu_attention_*)."""
     arch, ref = build("tpc_mhformer")
     model = pyengine.load(ref, device="cpu")
     rows = model.report()
@@ -63,13 +64,68 @@ def test_auto_on_cpu_is_the_cpp_table_and_report_is_complete():
     fused = [n for n, m in model.named_modules() if isinstance(m, Fused)]
     for name in fused:  # every fused module has a row
         assert any(r.module == (name or "(model)") for r in rows), name
-    for op in ("layernorm", "attention", "tpc_select", "gather_tokens"):  # the ops this model runs
+    for op in ("layernorm", "tpc_select", "gather_tokens"):  # the ops this model runs
         assert f"{op}={dispatch.TABLE['cpp'][op]}" in text
+    assert "attention=fastest" in text or "pinned by PYENGINE_CPU_ATTENTION" in text
     assert f"ln_linear={dispatch.cpu_gemm_choice(torch.float32).impl}" in text and "measured once" in text
     assert "auto on CPU" in text and "torch glue" in text
     # A reference model says why it is the reference.
     plain = pyengine.load(ref, backend="reference")
     assert "backend='reference' requested" in str(plain.report())
+
+
+@pytest.fixture
+def fresh_attention(monkeypatch):
+    monkeypatch.setattr(dispatch, "_CPU_ATTENTION", {})
+    monkeypatch.delenv("PYENGINE_CPU_ATTENTION", raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("cpp_faster", [True, False])
+def test_auto_cpu_attention_runs_the_kernel_measured_faster_per_shape(fresh_attention, cpp_faster):
+    calls = []
+    real_sdpa, real_attention = dispatch.sdpa_attention, dispatch.attention
+
+    def sdpa(q, k, v):
+        calls.append("sdpa")
+        return real_sdpa(q, k, v)
+
+    def cpp(q, k, v, **kw):
+        calls.append(kw.get("backend"))
+        return real_attention(q, k, v, **kw)
+
+    fresh_attention.setattr(dispatch, "sdpa_attention", sdpa)
+    fresh_attention.setattr(dispatch, "attention", cpp)
+    fresh_attention.setattr(dispatch, "_time_once", lambda fn: (fn(), {"sdpa": 2.0, "cpp": 1.0 if cpp_faster
+                                                                       else 1.95}[calls[-1]])[1])
+    ops = dispatch.Ops("auto", "cpu")
+    assert ops.impl["attention"] == "fastest" and "nothing measured yet" in ops.choice["attention"].describe()
+    q, k, v = (torch.randn(2, 1, 9, 2, 8) for _ in range(3))
+    out = ops.attention(q, k, v)
+    assert calls[:6] == ["sdpa", "cpp"] * 3  # interleaved, three rounds
+    want = "cpp" if cpp_faster else "sdpa"  # 1.95 vs 2.0 is a tie: SDPA
+    assert calls[6:] == [want] and torch.allclose(out, dispatch.attention_ref(q, k, v), atol=1e-5)
+    ops.attention(q, k, v)
+    assert calls[7:] == [want]  # cached: not measured again
+    assert f"q [2, 1, 9, 2, 8] float32: {want}" in ops.choice["attention"].describe()
+    ops.attention(*(torch.randn(2, 1, 5, 2, 8) for _ in range(3)))
+    assert len(calls) == 8 + 7  # a new shape is measured again
+    assert dispatch.Ops("auto", "cpu", dtype=torch.float64).impl["attention"] == "sdpa"  # fp64: no fp32 kernel
+
+
+def test_auto_cpu_attention_can_be_pinned_and_traces_sdpa(fresh_attention):
+    fresh_attention.setenv("PYENGINE_CPU_ATTENTION", "cpp")
+    c = dispatch.Ops("auto", "cpu").choice["attention"]
+    assert c.impl == "cpp" and "pinned by PYENGINE_CPU_ATTENTION=cpp" in c.why
+    fresh_attention.setenv("PYENGINE_CPU_ATTENTION", "flash")
+    with pytest.raises(ValueError, match="PYENGINE_CPU_ATTENTION: expected 'cpp' or 'sdpa'.*got 'flash'"):
+        dispatch.Ops("auto", "cpu")
+    fresh_attention.delenv("PYENGINE_CPU_ATTENTION")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        q = torch.empty(2, 1, 9, 2, 8)
+        assert dispatch.cpu_attention_impl(q, q, q) == "sdpa"  # nothing to time: torch's own op is traced
+    assert dispatch._CPU_ATTENTION == {}
 
 
 def test_impossible_backends_raise(monkeypatch):

@@ -276,8 +276,18 @@ def test_aten_composition_equals_the_reference(G, K_x, in_cols, ln, act, res):
     want = ln_linear_ref(x, w, b, **kw)
     got, ops = dispatched_ops(ln_linear_aten, x, w, b, **kw)
     assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert not any("cat" in o for o in ops), ops  # inference: groups write their blocks of one output
     single = G == 1 or (not ln and in_cols == [0, 0])
-    assert (not any("cat" in o for o in ops)) == single, ops
+    assert sum("addmm" in o for o in ops) == (1 if single else G), ops
+    # Under autograd (out= has no derivative) several groups are concatenated, and gradients flow.
+    xg = x.clone().requires_grad_()
+    got, ops = dispatched_ops(ln_linear_aten, xg, w, b, **kw)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert any("cat" in o for o in ops) != single, ops
+    got.sum().backward()
+    xr = x.clone().requires_grad_()
+    ln_linear_ref(xr, w, b, **kw).sum().backward()
+    assert torch.allclose(xg.grad, xr.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_sdpa_path_reads_one_group_views_without_copies():
@@ -289,3 +299,10 @@ def test_sdpa_path_reads_one_group_views_without_copies():
     got, ops = dispatched_ops(sdpa_attention, q, k, v)
     assert torch.allclose(got, attention_ref(q, k, v), rtol=1e-12, atol=1e-12) and got.is_contiguous()
     assert sum("copy" in o or "clone" in o for o in ops) <= 1, ops  # the output's layout change only
+    for B, Gq in ((2, 3), (2, 1), (1, 3)):  # grouped (MHFormer's SHR), one query group for all, batch 1
+        qkv = torch.randn(B * 9, 3 * 3 * 4 * 8, dtype=torch.float64).view(B, 9, 3, 3, 4, 8).permute(3, 0, 2, 1, 4, 5)
+        q, k, v = qkv[0][:, :Gq], qkv[1], qkv[2]
+        got, ops = dispatched_ops(sdpa_attention, q, k, v)
+        assert torch.allclose(got, attention_ref(q.expand_as(k), k, v), rtol=1e-12, atol=1e-12)
+        assert got.shape == (B, 9, 3, 4, 8) and got.is_contiguous()
+        assert sum("copy" in o or "clone" in o for o in ops) <= 3, ops  # each group's output, written once

@@ -4,6 +4,7 @@ The op is held to the 2x-eager rule against fp64 (eager = the same-precision ATe
 formula to the fp64 reference's gradients, and ``ln_linear_aten(gemm="onednn")`` to the reference composition for
 every grouping. ``dispatch.cpu_gemm_choice`` is tested with its timer replaced (which one wins is the machine's
 business; that the faster one is picked, and said, is ours)."""
+import importlib
 import pytest
 import torch
 
@@ -201,6 +202,28 @@ def test_prepacked_bf16_weights_are_exact_and_follow_weight_updates():
         for n in (8, 16, 24):
             onednn_linear_prepacked(x, w[:n], b[:n], "none", None, packs)
     assert len(packs) <= 2  # bounded: stale entries of rebuilt weights cannot pile up
+
+
+@pytest.mark.parametrize("packed_faster", [True, False])
+def test_a_weight_runs_packed_only_where_packing_measured_faster(monkeypatch, packed_faster):
+    mod = importlib.import_module("pyengine.ops.onednn_linear")  # the module (pyengine.ops re-exports the function)
+    calls = []
+
+    def fake_timer(fn):  # the timer sees dense then packed, three rounds: answer which is faster
+        fn()
+        calls.append(len(calls) % 2)
+        return (2.0 if packed_faster else 1.0) if calls[-1] == 0 else (1.0 if packed_faster else 2.0)
+
+    monkeypatch.setattr(mod, "_time_once", fake_timer)
+    x, w, b = _to(torch.bfloat16, *_case(M=33, K=24, N=40, residual=False)[:3])
+    packs = mod.PackedWeights()
+    with torch.no_grad():
+        got = mod.onednn_linear_prepacked(x, w, b, "gelu", None, packs)
+        assert torch.equal(got, onednn_linear_op(x, w, b, "gelu", None))
+        assert len(calls) == 6 and packs.packed_count() == (1 if packed_faster else 0)
+        assert (packs.get(w, x, b) is w) is not packed_faster
+        mod.onednn_linear_prepacked(x, w, b, "none", None, packs)
+    assert len(calls) == 6  # measured once per weight version
 
 
 def test_a_bf16_model_on_prepacked_weights_matches_its_unpacked_self(fresh_choice):
