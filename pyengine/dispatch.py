@@ -11,7 +11,9 @@ Backends of a whole model (``pyengine.load(..., backend=...)``):
   a hand-written kernel of ours would not beat the vendor library.
   ``"cuda"`` needs CUDA tensors, ``"cpp"`` CPU tensors.
 * ``"reference"``: the eager reference model itself.
-* ``"auto"``: on CPU the ``"cpp"`` table; on CUDA the fastest implementation measured per op (see
+* ``"auto"``: on CPU the ``"cpp"`` table, but for two measured choices: ``ln_linear``'s GEMM (ATen or oneDNN, once
+  per dtype: :func:`cpu_gemm_choice`) and attention (C++ kernel or SDPA, per call shape: :func:`cpu_attention_impl`);
+  on CUDA the fastest implementation measured per op (see
   ``AUTO_CUDA``; entries not measured on a GPU yet are marked so in ``model.report()``).
 
 An explicit backend that cannot run an op here raises ``BackendUnavailableError`` saying why; nothing falls back

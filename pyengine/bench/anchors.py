@@ -107,6 +107,9 @@ def _onnxruntime(model, variant):
                 raise Skip(f"pyengine.export to ONNX failed: {_first_line(exc)}") from exc
             options = ort.SessionOptions()
             options.intra_op_num_threads = torch.get_num_threads()  # as the torch rows (see _openvino)
+            # No busy-waiting after a run: ORT's idle workers would spin on the cores the next (interleaved) row
+            # needs, and bill their wait to it.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             # the session holds the whole model in memory (no external data), so the folder may go
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         _ORT_SESSIONS[key] = (model, session)
