@@ -37,6 +37,9 @@ class ArchSpec:
     # when equal, an error otherwise), e.g. MixSTE's out_joints == n_joints.
     tied_config: dict = dataclasses.field(default_factory=dict)
     bench_cases: Tuple = ()  # pyengine.bench.CASES names
+    # Submodules a fused bf16 / fp16 model loaded by pyengine.load keeps in float32 (its precision policy), and why.
+    fp32_modules: Tuple = ()
+    fp32_why: str = ""
 
     @property
     def family(self):
@@ -337,6 +340,15 @@ def config_of(module):
 _MHF_WATCHED = ((r"Transformer_encoder_\d", "MHG encoder"), (r"embedding_\d", "embedding"),
                 (r"Transformer_hypothesis\.SHR_blocks\.\d+", "SHR block"),
                 (r"Transformer_hypothesis\.CHI_blocks\.0", "CHI block"), (r"regression", "regression"))
+# MHFormer's MHG: its LayerNorms normalise each (joint, coordinate) row across time and its cascade residual
+# (x + encoder(LN(x))) carries the poses themselves; in bf16 it is the model's largest error. Measured (random
+# weights, AMX Xeon, benchmarks/results/2026-12-02-cpu-amx.md): MHFormer-81 b16 relative error 1.26e-2 -> 9.3e-3
+# with the MHG in fp32 at the same speed; MHFormer-351 b2 1.40e-2 -> 9.6e-3 at +12% time.
+_MHF_FP32 = dict(fp32_modules=("norm_1", "norm_2", "norm_3", "Transformer_encoder_1", "Transformer_encoder_2",
+                               "Transformer_encoder_3"),
+                 fp32_why="MHG encoders (LayerNorm across time, the cascade residual carrying the poses) in float32: in "
+                          "bf16 they raise MHFormer-81's relative error from 9.3e-3 to 1.26e-2 (random weights; "
+                          "benchmarks/results/2026-12-02-cpu-amx.md)")
 _MIX_WATCHED = ((r"STEblocks\.\d+", "spatial block"), (r"TTEblocks\.\d+", "temporal block"),
                 (r"cross_attention", "TRA"), (r"head", "head"))
 _SUSA_WATCHED = ((r"(branch2\.[02]\.)?(hconv|wconv)", "SUSA"), (r"branch2\.[02]", "SUSA"),
@@ -345,9 +357,10 @@ _SUSA_WATCHED = ((r"(branch2\.[02]\.)?(hconv|wconv)", "SUSA"), (r"branch2\.[02]"
 for _spec in (
     ArchSpec("mhformer", M.MHFormer, "pyengine.nn.mhformer:MHFormer", _infer_mhformer, _sig_mhformer,
              io="seq2frame", watched=_MHF_WATCHED,
-             bench_cases=("mhformer-351", "mhformer-243", "mhformer-81", "mhformer-27")),
+             bench_cases=("mhformer-351", "mhformer-243", "mhformer-81", "mhformer-27"), **_MHF_FP32),
     ArchSpec("tpc_mhformer", M.TPCMHFormer, "pyengine.nn.mhformer:TPCMHFormer", _infer_mhformer, base="mhformer",
-             io="seq2frame", tpc=True, tpc_center=True, watched=_MHF_WATCHED, bench_cases=("tpc_mhformer-351",)),
+             io="seq2frame", tpc=True, tpc_center=True, watched=_MHF_WATCHED, bench_cases=("tpc_mhformer-351",),
+             **_MHF_FP32),
     ArchSpec("hot_mixste", M.HoTMixSTE, "pyengine.nn.mixste:HoTMixSTE", _infer_mixste, _sig_hot_mixste,
              tpc=True, watched=_MIX_WATCHED, bench_cases=("hot_mixste-243",),
              tied_config={"out_joints": "n_joints"}),

@@ -239,7 +239,7 @@ def _attention_measured() -> str:
         return "; nothing measured yet in this process"
     seen = [f"q {list(k[0])} {str(k[3]).removeprefix('torch.')}: {impl} (SDPA {a:.2f} ms, cpp {c:.2f} ms)"
             for k, (impl, a, c) in _CPU_ATTENTION.items()]
-    return "; measured: " + ", ".join(seen)
+    return "; measured in this process: " + ", ".join(seen)
 
 
 def _is_real(t) -> bool:

@@ -21,6 +21,8 @@ class LoadInfo:
     source: str
     notes: list = field(default_factory=list)
     backend_reason: str = ""
+    fp32_modules: tuple = ()  # submodules kept float32 in a bf16 / fp16 model (the arch's precision policy)
+    fp32_why: str = ""
 
     def __str__(self):
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -147,7 +149,8 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
              keys: pass ``arch='tpc_mhformer'`` / ``'tpc_mixste'`` (or set ``token_num`` / ``layer_index``).
     device:  where the model lives; None means CUDA when available, else CPU. Inputs must be on that device.
     dtype:   the parameter dtype (default float32). Inputs of any float dtype are cast to it, and outputs are
-             returned in the input's dtype.
+             returned in the input's dtype. A fused bf16 / fp16 model keeps the parts its architecture names in
+             float32 (``arch.ArchSpec.fp32_modules``: MHFormer's MHG encoders), listed with why in ``report()``.
     backend: "auto" | "reference" | "triton" | "cuda" | "cpp" (see ``pyengine.dispatch``): the kernels every op
              runs on. An explicit backend that cannot run here raises ``BackendUnavailableError`` saying why;
              ``model.report()`` lists the kernel of every op and why it was chosen.
@@ -205,9 +208,16 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
     check_keys(model, ckpt.state_dict, arch, reason, kwargs)
     model.load_state_dict(ckpt.state_dict, strict=True)
     model = model.to(device=device, dtype=dtype).eval()
+    spec = archs.SPECS[arch]
+    kept = ()
     if cls is not archs.MODELS[arch]:
+        if dtype in (torch.bfloat16, torch.float16):  # the fused model casts at the boundaries of these parts
+            kept = spec.fp32_modules
+            for name in kept:
+                model.get_submodule(name).float()
         engine.set_backend(model, backend, allow_tf32)
-    model.pyengine = LoadInfo(arch, kwargs, reason, backend, ckpt.format, ckpt.source, ckpt.notes, why)
+    model.pyengine = LoadInfo(arch, kwargs, reason, backend, ckpt.format, ckpt.source, ckpt.notes, why, kept,
+                              spec.fp32_why if kept else "")
     if not hasattr(model, "report"):
         model.report = lambda: engine.report(model)
     if cuda_graphs and torch.device(device).type == "cuda" and cls is not archs.MODELS[arch]:

@@ -163,6 +163,7 @@ class MHFormer(Fused, ref.MHFormer):
         writing the ``[B*F, 3C]`` hypothesis buffer."""
         T = x1.shape[0] // B
         E = torch.stack([x1.view(B, T, F), x2.view(B, T, F), x3.view(B, T, F)], dim=1)  # [B, 3, 34, F]
+        E = E.to(self.regression[1].weight.dtype)  # an fp32 MHG in a bf16 model (pyengine.load's policy)
         # rows (b, f); hypothesis k's 34 inputs at columns [34k, 34k + 34)
         E = E.permute(0, 3, 1, 2).contiguous().view(B * F, 3 * T)
         embs = (self.embedding_1, self.embedding_2, self.embedding_3)

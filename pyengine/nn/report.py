@@ -64,6 +64,10 @@ def report(model) -> Report:
         if glue and not name:
             rows.append(ReportRow("(model)", "torch glue: " + glue, "torch", "torch: elementwise glue between fused "
                                                                               "launches"))
+    kept = getattr(info, "fp32_modules", ())
+    if kept and all(p.dtype == torch.float32 for n in kept for p in model.get_submodule(n).parameters()):
+        rows.append(ReportRow("(model)", f"precision: {', '.join(kept)} kept float32 in this {str(dtype)[6:]} model",
+                              "float32", f"float32: {info.fp32_why}"))
     graphs = graph_status(model)
     if graphs is not None:
         rows.append(ReportRow("(model)", "latency mode: fixed-shape no-grad calls replay a CUDA graph",

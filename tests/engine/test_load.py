@@ -334,6 +334,30 @@ def test_dtype_and_backend_options():
         pyengine.load(model.state_dict(), dtype=torch.int8)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_mhformer_keeps_its_mhg_in_fp32_and_reports_it(dtype):
+    ref = small_mhformer(27, seed=3)
+    model = pyengine.load(ref, dtype=dtype)
+    kept = pyengine.arch.SPECS["mhformer"].fp32_modules
+    assert model.pyengine.fp32_modules == kept and "MHG" in model.pyengine.fp32_why
+    for name, p in model.named_parameters():
+        in_mhg = any(name.startswith(k + ".") for k in kept)
+        assert p.dtype == (torch.float32 if in_mhg else dtype), name
+    assert "kept float32 in this" in str(model.report())
+    x = poses(2, 27)
+    with torch.no_grad():
+        want = ref.double()(x.double())
+        ref.float()
+        got = model(x)
+        assert got.dtype == torch.float32 and rel_error(got, want) < 0.05
+        assert model(x.to(dtype)).dtype == dtype
+    # fp32 models and the eager reference (which has no casts between its parts) are not touched
+    assert pyengine.load(ref).pyengine.fp32_modules == ()
+    plain = pyengine.load(ref, dtype=dtype, backend="reference")
+    assert plain.pyengine.fp32_modules == () and plain.norm_1.weight.dtype == dtype
+    assert "kept float32" not in str(plain.report())
+
+
 def test_info_is_readable():
     info = pyengine.load(small_mhformer(27).state_dict()).pyengine
     text = str(info)
