@@ -207,14 +207,18 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
     model = archs.build(cls, arch, kwargs, given, evidence)
     check_keys(model, ckpt.state_dict, arch, reason, kwargs)
     model.load_state_dict(ckpt.state_dict, strict=True)
-    model = model.to(device=device, dtype=dtype).eval()
     spec = archs.SPECS[arch]
-    kept = ()
-    if cls is not archs.MODELS[arch]:
-        if dtype in (torch.bfloat16, torch.float16):  # the fused model casts at the boundaries of these parts
-            kept = spec.fp32_modules
-            for name in kept:
-                model.get_submodule(name).float()
+    fused = cls is not archs.MODELS[arch]
+    # A fused half-precision model keeps its arch's fp32 parts in float32, cast from the loaded (fp32) values, never
+    # via the half dtype (the fused model casts at the boundaries of these parts).
+    kept = spec.fp32_modules if fused and dtype in (torch.bfloat16, torch.float16) else ()
+    model = model.to(device=device, dtype=dtype if not kept else None).eval()
+    if kept:
+        fp32 = {id(t) for name in kept for m in [model.get_submodule(name)] for t in (*m.parameters(), *m.buffers())}
+        for t in (*model.parameters(), *model.buffers()):
+            if t.is_floating_point():
+                t.data = t.data.to(torch.float32 if id(t) in fp32 else dtype)
+    if fused:
         engine.set_backend(model, backend, allow_tf32)
     model.pyengine = LoadInfo(arch, kwargs, reason, backend, ckpt.format, ckpt.source, ckpt.notes, why, kept,
                               spec.fp32_why if kept else "")

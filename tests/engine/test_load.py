@@ -344,6 +344,10 @@ def test_a_half_precision_mhformer_keeps_its_mhg_in_fp32_and_reports_it(dtype):
         in_mhg = any(name.startswith(k + ".") for k in kept)
         assert p.dtype == (torch.float32 if in_mhg else dtype), name
     assert "kept float32 in this" in str(model.report())
+    for name in kept:  # the loaded fp32 values themselves, not rounded through the half dtype on the way
+        for (n, p), (_, want) in zip(model.get_submodule(name).named_parameters(),
+                                     ref.get_submodule(name).named_parameters()):
+            assert torch.equal(p, want), (name, n)
     x = poses(2, 27)
     with torch.no_grad():
         want = ref.double()(x.double())
