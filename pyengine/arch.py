@@ -342,12 +342,12 @@ _MHF_WATCHED = ((r"Transformer_encoder_\d", "MHG encoder"), (r"embedding_\d", "e
                 (r"Transformer_hypothesis\.CHI_blocks\.0", "CHI block"), (r"regression", "regression"))
 # MHFormer's MHG: its LayerNorms normalise each (joint, coordinate) row across time and its cascade residual
 # (x + encoder(LN(x))) carries the poses themselves; in bf16 it is the model's largest error. Measured (random
-# weights, AMX Xeon, benchmarks/results/2026-12-02-cpu-amx.md): MHFormer-81 b16 relative error 1.26e-2 -> 9.3e-3
-# with the MHG in fp32 at the same speed; MHFormer-351 b2 1.40e-2 -> 9.6e-3 at +12% time.
+# weights, AMX Xeon, benchmarks/results/2026-12-02-cpu-amx.md): MHFormer-81 b16 relative error 1.26e-2 -> 6.7e-3
+# with the MHG in fp32 at the same speed; MHFormer-351 b2 1.3e-2 -> 6.6e-3 at ~+12% time.
 _MHF_FP32 = dict(fp32_modules=("norm_1", "norm_2", "norm_3", "Transformer_encoder_1", "Transformer_encoder_2",
                                "Transformer_encoder_3"),
                  fp32_why="MHG encoders (LayerNorm across time, the cascade residual carrying the poses) in float32: in "
-                          "bf16 they raise MHFormer-81's relative error from 9.3e-3 to 1.26e-2 (random weights; "
+                          "bf16 they raise MHFormer-81's relative error from 6.7e-3 to 1.26e-2 (random weights; "
                           "benchmarks/results/2026-12-02-cpu-amx.md)")
 _MIX_WATCHED = ((r"STEblocks\.\d+", "spatial block"), (r"TTEblocks\.\d+", "temporal block"),
                 (r"cross_attention", "TRA"), (r"head", "head"))
