@@ -1,5 +1,6 @@
 """Backend names, the error for a backend that cannot run, what ``backend="auto"`` means for a single op wrapper,
-access to the compiled extension, and the device guard every kernel launch runs under."""
+access to the compiled extension, the device guard every kernel launch runs under, and when a forward may take
+eager-inference shortcuts (in-place writes, measured choices)."""
 import contextlib
 import os
 import threading
@@ -22,6 +23,18 @@ OP_IMPLS = {
     "dwconv3x3": ("cpp", "reference"),
     "onednn_linear": ("onednn", "reference"),
 }
+
+
+def tracing() -> bool:
+    """torch.compile or torch.export is tracing: nothing can be timed, and out= / in-place shortcuts are not taken."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
+def eager_inference(*tensors) -> bool:
+    """Nothing of ``tensors`` (None allowed) needs a gradient and nothing traces: a forward may write its results
+    into buffers in place (out= ops have no derivative, and autograd would see the overwritten inputs)."""
+    graded = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return not graded and not tracing()
 
 
 def _runs_on(impl: str, device_type: str) -> bool:

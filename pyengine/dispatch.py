@@ -21,12 +21,11 @@ silently, and ``model.report()`` lists the kernel of every op and why it was cho
 """
 import dataclasses
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 
-from .backends import BACKENDS, BackendUnavailableError
+from .backends import BACKENDS, BackendUnavailableError, tracing
 # The op wrappers, imported once (each imports its Triton kernel module only when it launches one, so
 # TRITON_INTERPRET may still be set after this import).
 from .ops.attention import attention, attention_ref
@@ -35,8 +34,8 @@ from .ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from .ops.gather_tokens import gather_tokens
 from .ops.layernorm import layernorm, layernorm_ref
 from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
-from .ops.onednn_linear import (DTYPES as ONEDNN_DTYPES, PackedWeights, onednn_available, onednn_bf16_native,
-                                 onednn_linear_prepacked)
+from .ops.onednn_linear import (DTYPES as ONEDNN_DTYPES, PackedWeights, _time_once, onednn_available,
+                                 onednn_bf16_native, onednn_linear_prepacked)
 from .ops.susa import run_prepared as susa_prepared
 from .ops.tpc_select import tpc_select
 
@@ -147,12 +146,7 @@ CPU_GEMM_ROWS, CPU_GEMM_WIDTH = 2048, 512
 
 def _time_gemm(fn, reps=5):
     fn()  # warm-up: oneDNN creates (and caches) its primitive on the first call
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return min(_time_once(fn) for _ in range(reps))
 
 
 def _emulated_note(dtype) -> str:
@@ -251,7 +245,7 @@ def cpu_attention_impl(q, k, v) -> str:
     """``"cpp"`` or ``"sdpa"`` for these CPU inputs: both timed at the first call of this (shapes, strides, dtype,
     threads) signature, cached for the process. While compiling, exporting or on fake tensors nothing can be
     timed: SDPA, torch's own op, is what gets traced."""
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting() or not _is_real(q):
+    if tracing() or not _is_real(q):
         return "sdpa"
     key = (tuple(q.shape), tuple(k.shape), (q.stride(), k.stride(), v.stride()), q.dtype, torch.get_num_threads())
     hit = _CPU_ATTENTION.get(key)
@@ -263,12 +257,6 @@ def cpu_attention_impl(q, k, v) -> str:
                 t_cpp = min(t_cpp, _time_once(lambda: attention(q, k, v, backend="cpp")))
         hit = _CPU_ATTENTION[key] = ("cpp" if t_cpp < 0.95 * t_sdpa else "sdpa", t_sdpa * 1e3, t_cpp * 1e3)
     return hit[0]
-
-
-def _time_once(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def why(op: str, impl: str) -> str:

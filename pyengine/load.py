@@ -214,7 +214,10 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
     kept = spec.fp32_modules if fused and dtype in (torch.bfloat16, torch.float16) else ()
     model = model.to(device=device, dtype=dtype if not kept else None).eval()
     if kept:
-        fp32 = {id(t) for name in kept for m in [model.get_submodule(name)] for t in (*m.parameters(), *m.buffers())}
+        fp32 = set()
+        for name in kept:
+            part = model.get_submodule(name)
+            fp32.update(id(t) for t in (*part.parameters(), *part.buffers()))
         for t in (*model.parameters(), *model.buffers()):
             if t.is_floating_point():
                 t.data = t.data.to(torch.float32 if id(t) in fp32 else dtype)
@@ -224,7 +227,7 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
                               spec.fp32_why if kept else "")
     if not hasattr(model, "report"):
         model.report = lambda: engine.report(model)
-    if cuda_graphs and torch.device(device).type == "cuda" and cls is not archs.MODELS[arch]:
+    if cuda_graphs and torch.device(device).type == "cuda" and fused:
         engine.enable_cuda_graphs(model)
     if check_finite:
         model.register_forward_pre_hook(_finite_input_check, with_kwargs=True)

@@ -15,6 +15,7 @@ neighbouring linear layers (eval mode).
 """
 import torch
 
+from ..backends import eager_inference
 from ..models import mhformer as ref
 from ..models import layers as ref_layers
 from ._common import Fused, block_forward, fold_batchnorm_after, fold_batchnorm_before, fuse_children, stack
@@ -111,8 +112,7 @@ class CHIBlock(Fused, ref.CHIBlock):
         export each step builds a new buffer instead."""
         ops = self.ops_for(X)
         C = X.shape[1] // 3
-        graded = torch.is_grad_enabled() and (X.requires_grad or any(p.requires_grad for p in self.parameters()))
-        in_place = not graded and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        in_place = eager_inference(X, *self.parameters())
         for a, srcs in CHI_STEPS:
             attn = getattr(self, f"attn_{a + 1}")
             norms = [getattr(self, f"norm3_{a + 1}{j + 1}") for j in range(3)]

@@ -18,7 +18,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError, device_guard, op_backend
+from ..backends import BackendUnavailableError, device_guard, eager_inference, op_backend
 from .onednn_linear import onednn_linear_prepacked
 
 ACTIVATIONS = ("none", "gelu")
@@ -83,8 +83,7 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
     # (addmm's out= takes the strided slice as is) instead of a concat copying every group once more.
     # Autograd (out= has no derivative), compile / export and oneDNN (no out=) concatenate.
     into = None
-    if len(groups) > 1 and gemm == "aten" and not _needs_autograd(x, weight, bias, ln_weight, ln_bias, residual) \
-            and not torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+    if len(groups) > 1 and gemm == "aten" and eager_inference(x, weight, bias, ln_weight, ln_bias, residual):
         into = x.new_empty(x.shape[0], G * N)
     outs = []
     for g, (c, w, b, ln, res) in enumerate(groups):
@@ -96,7 +95,10 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
             continue
         if into is not None:
             y = into[:, g * N:(g + 1) * N]
-            torch.mm(a, w.t(), out=y) if b is None else torch.addmm(b, a, w.t(), out=y)
+            if b is None:
+                torch.mm(a, w.t(), out=y)
+            else:
+                torch.addmm(b, a, w.t(), out=y)
             if activation == "gelu":
                 torch.ops.aten.gelu_(y)
         else:
@@ -107,10 +109,6 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
     if into is not None:
         return into
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-
-
-def _needs_autograd(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _shape(t):

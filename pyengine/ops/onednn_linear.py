@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..backends import BackendUnavailableError, op_backend
+from ..backends import BackendUnavailableError, op_backend, tracing
 
 ACTIVATIONS = ("none", "gelu")
 DTYPES = (torch.float32, torch.bfloat16)
@@ -127,8 +127,7 @@ class PackedWeights:
     @staticmethod
     def usable(x, weight) -> bool:
         return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
-                and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-                and not weight.is_inference())  # inference tensors have no version counter to key on
+                and not tracing() and not weight.is_inference())  # inference tensors have no version counter to key on
 
     def get(self, weight, x, bias=None):
         """The weight to run ``x @ weight.T`` with: the packed copy or ``weight`` itself, whichever measured faster
@@ -156,6 +155,7 @@ class PackedWeights:
 
 
 def _time_once(fn):
+    """Seconds one call of ``fn`` takes (the timer behind pyengine's measured CPU choices)."""
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t

@@ -78,6 +78,9 @@ def test_auto_on_cpu_is_the_cpp_table_and_report_is_complete():
 def fresh_attention(monkeypatch):
     monkeypatch.setattr(dispatch, "_CPU_ATTENTION", {})
     monkeypatch.delenv("PYENGINE_CPU_ATTENTION", raising=False)
+    # the GEMM choice pinned, so that only attention is timed (the tests replace the timer)
+    monkeypatch.setattr(dispatch, "_CPU_GEMM", {})
+    monkeypatch.setenv("PYENGINE_CPU_GEMM", "aten")
     return monkeypatch
 
 
