@@ -18,8 +18,16 @@ void susa_cpu(const torch::Tensor& x, const torch::Tensor& group_weight, const t
 // 3x3 depthwise conv, stride 1, padding 1, with bias (csrc/dwconv3x3_cpu.cpp). Writes out.
 void dwconv3x3_cpu(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
                    torch::Tensor& out);
+// Grouped LayerNorm of strided column slices (csrc/group_layernorm_cpu.cpp). Returns / writes out [M, G*K].
+torch::Tensor group_layernorm_cpu(const torch::Tensor& x, const std::vector<int64_t>& in_cols,
+                                  const torch::Tensor& weight, const torch::Tensor& bias, double eps,
+                                  c10::optional<torch::Tensor> out);
 // Multi-head attention over [B, G, N, H, D] strided views (csrc/attention_cpu.cpp). Returns [B, Nq, G, H, D].
 torch::Tensor attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+// The same with AMX bf16 tiles (csrc/attention_amx.cpp): bf16 only, D <= 256, writes out [B, Nq, G, H, D] (any
+// strides, unit last-dim stride). Runs only where amx_bf16_available() (CPUID + the Linux tile-data permission).
+void attention_amx_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& out);
+bool amx_bf16_available();
 #ifdef PYENGINE_WITH_CUDA
 void susa_cuda(const torch::Tensor& x, const torch::Tensor& group_weight, const torch::Tensor& mean_w,
                const torch::Tensor& mean_b, const torch::Tensor& conv_w, const torch::Tensor& conv_b,
@@ -48,6 +56,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   m.def("dwconv3x3_cpu", &dwconv3x3_cpu, "3x3 depthwise conv (stride 1, padding 1, bias) on the CPU (OpenMP), "
         "writes out", pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("out"));
+  m.def("group_layernorm_cpu", &group_layernorm_cpu, "grouped LayerNorm of strided column slices on the CPU "
+        "(OpenMP), returns (or writes) out [M, G*K]", pybind11::arg("x"), pybind11::arg("in_cols"),
+        pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("eps"), pybind11::arg("out") = pybind11::none());
   m.def("attention_cpu", &attention_cpu, "softmax(q k^T * D^-0.5) v over [B, G, N, H, D] views on the CPU "
         "(OpenMP), returns [B, Nq, G, H, D]", pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"));
+  m.def("attention_amx_cpu", &attention_amx_cpu, "softmax(q k^T * D^-0.5) v over [B, G, N, H, D] bf16 views with "
+        "AMX bf16 tiles (OpenMP), writes out [B, Nq, G, H, D]", pybind11::arg("q"), pybind11::arg("k"),
+        pybind11::arg("v"), pybind11::arg("out"));
+  m.def("amx_bf16_available", &amx_bf16_available, "whether this CPU and OS run AMX-BF16 tiles (CPUID, XCR0, and "
+        "Linux's arch_prctl tile-data permission, requested once)");
 }

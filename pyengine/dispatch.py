@@ -12,7 +12,8 @@ Backends of a whole model (``pyengine.load(..., backend=...)``):
   ``"cuda"`` needs CUDA tensors, ``"cpp"`` CPU tensors.
 * ``"reference"``: the eager reference model itself.
 * ``"auto"``: on CPU the ``"cpp"`` table, but for two measured choices: ``ln_linear``'s GEMM (ATen or oneDNN, once
-  per dtype: :func:`cpu_gemm_choice`) and attention (C++ kernel or SDPA, per call shape: :func:`cpu_attention_impl`);
+  per dtype: :func:`cpu_gemm_choice`) and attention (C++ kernel, AMX kernel or SDPA, per call shape:
+  :func:`cpu_attention_impl`);
   on CUDA the fastest implementation measured per op (see
   ``AUTO_CUDA``; entries not measured on a GPU yet are marked so in ``model.report()``).
 
@@ -25,10 +26,13 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .backends import BACKENDS, BackendUnavailableError, tracing
+from .backends import BACKENDS, BackendUnavailableError, eager_inference, tracing
+from .cpu_heap import keep_cpu_heap
 # The op wrappers, imported once (each imports its Triton kernel module only when it launches one, so
 # TRITON_INTERPRET may still be set after this import).
 from .ops.attention import attention, attention_ref
+from .ops.attention_amx import (DTYPE as AMX_DTYPE, MAX_HEAD_DIM as AMX_MAX_HEAD_DIM, amx_available, attention_amx,
+                                attention_amx_out)
 from .ops.dwconv3x3 import dwconv3x3_ref
 from .ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from .ops.gather_tokens import gather_tokens
@@ -55,14 +59,16 @@ WHY = {
     "triton": "pyengine Triton kernel",
     "cuda": "pyengine CUDA kernel",
     "cpp": "pyengine C++ kernel (OpenMP)",
-    "aten": "ATen (vendor GEMM + layer_norm): dense GEMMs, no hand-written kernel of ours is faster",
+    "aten": "ATen (vendor GEMM; the LayerNorm prologue on pyengine's C++ kernel at CPU inference, else layer_norm): "
+            "dense GEMMs, no hand-written kernel of ours is faster",
     "sdpa": "torch scaled_dot_product_attention: fused attention from ATen",
     "index": "ATen advanced indexing (a gather is bandwidth-bound; one kernel already)",
     "reference": "eager reference composition",
     "onednn": "oneDNN inner product (bias / GELU / residual fused in its epilogue; bf16 weights prepacked at "
-              "inference where that measures faster) + ATen layer_norm",
-    "fastest": "per call shape, the faster of pyengine's C++ kernel and torch SDPA on this CPU, timed at the first "
-               "call of each shape (interleaved, best of 3; a tie keeps SDPA) and cached for the process",
+              "inference where that measures faster) + pyengine's C++ LayerNorm (ATen layer_norm under autograd)",
+    "fastest": "per call shape, the fastest of pyengine's C++ kernel, its AMX kernel (bf16, CPUs with AMX) and torch "
+               "SDPA on this CPU, timed at the first call of each shape (interleaved, best of 3; a tie keeps SDPA) "
+               "and cached for the process",
 }
 # Reasons that depend on the op as well as the implementation.
 WHY_OP = {("dwconv3x3", "aten"): "ATen F.conv2d, depthwise (cuDNN on CUDA), with BatchNorm folded into it: no "
@@ -183,22 +189,15 @@ def cpu_gemm_choice(dtype) -> Choice:
                  for k, n, act, res in ((C, 3 * C, "none", False), (C, 2 * C, "gelu", False), (2 * C, C, "none", True))]
         packs = PackedWeights()  # what inference runs: in bf16, weights prepacked where that is faster
 
-        def aten_block():
+        def block(gemm):  # exactly as ln_linear runs them
             for a, w, b, act, r in gemms:
-                y = F.linear(a, w, b)
-                y = F.gelu(y) if act == "gelu" else y
-                if r is not None:
-                    y.add_(r)
-
-        def onednn_block():
-            for a, w, b, act, r in gemms:
-                onednn_linear_prepacked(a, w, b, act, r, packs)
+                ln_linear_aten(a, w[None], b[None], activation=act, residual=r, gemm=gemm, packs=packs)
 
         with torch.no_grad():
             t_aten, t_dnn = float("inf"), float("inf")
             for _ in range(2):  # interleaved, so machine noise hits both alike
-                t_aten = min(t_aten, _time_gemm(aten_block, reps=3))
-                t_dnn = min(t_dnn, _time_gemm(onednn_block, reps=3))
+                t_aten = min(t_aten, _time_gemm(lambda: block("aten"), reps=3))
+                t_dnn = min(t_dnn, _time_gemm(lambda: block("onednn"), reps=3))
         flop = 2 * M * C * C * (3 + 2 + 2)
         # A tie keeps ATen, the reference's own kernel.
         impl = "onednn" if t_dnn < 0.95 * t_aten else "aten"
@@ -210,29 +209,32 @@ def cpu_gemm_choice(dtype) -> Choice:
     return choice
 
 
-# "auto"'s CPU attention, measured per call signature and process: {key: (impl, ms SDPA, ms cpp)}.
+# "auto"'s CPU attention, measured per call signature and process: {key: (impl, {kernel: ms})}.
 # PYENGINE_CPU_ATTENTION=cpp|sdpa pins it (reproducible runs).
 _CPU_ATTENTION = {}
 
 
 def cpu_attention_choice() -> Choice:
     """``auto``'s attention on CPU: ``"fastest"`` (:func:`cpu_attention_impl`, per call shape), or the kernel
-    ``PYENGINE_CPU_ATTENTION`` pins. Neither kernel wins everywhere: measured on an AMX Xeon, SDPA is up to 2.4x
-    faster in bf16 (its GEMMs run on AMX, the C++ kernel widens bf16 to fp32), the C++ kernel up to 1.5x on small
-    heads (MHFormer's MHG: 9 channels per head)."""
+    ``PYENGINE_CPU_ATTENTION`` pins. No kernel wins everywhere: measured on an AMX Xeon, the AMX kernel is the
+    fastest in bf16 at head dim 64, SDPA beats the C++ kernel in bf16 (its GEMMs run on AMX, the C++ kernel widens
+    bf16 to fp32), the C++ kernel wins on small heads (MHFormer's MHG: 9 channels per head)."""
     pinned = os.environ.get("PYENGINE_CPU_ATTENTION")
     if pinned not in (None, "", "cpp", "sdpa"):
         raise ValueError(f"PYENGINE_CPU_ATTENTION: expected 'cpp' or 'sdpa' (or unset: measure), got {pinned!r}")
     if pinned:
         return Choice("attention", pinned, f"{WHY[pinned]}; auto on CPU, pinned by PYENGINE_CPU_ATTENTION={pinned}")
-    return Choice("attention", "fastest", f"{WHY['fastest']}; auto on CPU", detail=_attention_measured)
+    amx = "" if amx_available() else " (no AMX kernel here: this CPU / build runs no AMX-BF16 tiles)"
+    return Choice("attention", "fastest", f"{WHY['fastest']}; auto on CPU{amx}", detail=_attention_measured)
 
 
 def _attention_measured() -> str:
     if not _CPU_ATTENTION:
         return "; nothing measured yet in this process"
-    seen = [f"q {list(k[0])} {str(k[3]).removeprefix('torch.')}: {impl} (SDPA {a:.2f} ms, cpp {c:.2f} ms)"
-            for k, (impl, a, c) in _CPU_ATTENTION.items()]
+    names = {"sdpa": "SDPA", "cpp": "cpp", "amx": "amx"}
+    seen = [f"q {list(k[0])} {str(k[3]).removeprefix('torch.')}: {impl} ("
+            + ", ".join(f"{names[n]} {ms:.2f} ms" for n, ms in times.items()) + ")"
+            for k, (impl, times) in _CPU_ATTENTION.items()]
     return "; measured in this process: " + ", ".join(seen)
 
 
@@ -241,21 +243,36 @@ def _is_real(t) -> bool:
     return t.device.type == "cpu" and not isinstance(t, FakeTensor)
 
 
+def cpu_attention_kernels(q) -> dict:
+    """The CPU attention kernels that can run q (and its k / v): ``{name: fn(q, k, v)}``. The AMX kernel takes
+    bf16 with head dims up to its maximum, on CPUs with AMX."""
+    kernels = {"sdpa": lambda q, k, v: sdpa_attention(q, k, v),
+               "cpp": lambda q, k, v: attention(q, k, v, backend="cpp")}
+    if q.dtype == AMX_DTYPE and q.shape[-1] <= AMX_MAX_HEAD_DIM and amx_available():
+        kernels["amx"] = lambda q, k, v: attention_amx(q, k, v)
+    return kernels
+
+
 def cpu_attention_impl(q, k, v) -> str:
-    """``"cpp"`` or ``"sdpa"`` for these CPU inputs: both timed at the first call of this (shapes, strides, dtype,
-    threads) signature, cached for the process. While compiling, exporting or on fake tensors nothing can be
-    timed: SDPA, torch's own op, is what gets traced."""
+    """``"sdpa"``, ``"cpp"`` or ``"amx"`` for these CPU inputs: every kernel that can run them
+    (:func:`cpu_attention_kernels`) timed at the first call of this (shapes, strides, dtype, threads) signature,
+    cached for the process. While compiling, exporting or on fake tensors nothing can be timed: SDPA, torch's own
+    op, is what gets traced."""
     if tracing() or not _is_real(q):
         return "sdpa"
     key = (tuple(q.shape), tuple(k.shape), (q.stride(), k.stride(), v.stride()), q.dtype, torch.get_num_threads())
     hit = _CPU_ATTENTION.get(key)
     if hit is None:
+        kernels = cpu_attention_kernels(q)
+        best = {name: float("inf") for name in kernels}
         with torch.no_grad():
-            t_sdpa, t_cpp = float("inf"), float("inf")
-            for _ in range(3):  # interleaved, so machine noise hits both alike; the first round also warms up
-                t_sdpa = min(t_sdpa, _time_once(lambda: sdpa_attention(q, k, v)))
-                t_cpp = min(t_cpp, _time_once(lambda: attention(q, k, v, backend="cpp")))
-        hit = _CPU_ATTENTION[key] = ("cpp" if t_cpp < 0.95 * t_sdpa else "sdpa", t_sdpa * 1e3, t_cpp * 1e3)
+            for _ in range(3):  # interleaved, so machine noise hits all alike; the first round also warms up
+                for name, fn in kernels.items():
+                    best[name] = min(best[name], _time_once(lambda: fn(q, k, v)))
+        fastest = min(best, key=best.get)
+        if best[fastest] >= 0.95 * best["sdpa"]:  # a tie keeps SDPA, torch's own kernel
+            fastest = "sdpa"
+        hit = _CPU_ATTENTION[key] = (fastest, {name: t * 1e3 for name, t in best.items()})
     return hit[0]
 
 
@@ -295,6 +312,8 @@ class Ops:
     def __init__(self, backend: str, device, allow_tf32: bool = False, dtype=None):
         self.backend, self.device, self.allow_tf32 = backend, torch.device(device), allow_tf32
         self.choice = resolve(backend, device, dtype)
+        if self.device.type == "cpu" and backend != "reference":
+            keep_cpu_heap()  # activations reused between forwards, not page-faulted afresh (pyengine/cpu_heap.py)
         self.onednn_packs = PackedWeights()  # this module's prepacked bf16 weights (ops/onednn_linear.py)
         self.impl = {op: c.impl for op, c in self.choice.items()}
 
@@ -307,21 +326,38 @@ class Ops:
             return ln_linear_ref(x, weight, bias, **kw)
         return ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)
 
+    def ln_linear_groups(self, x, weight, bias=None, **kw):
+        """:meth:`ln_linear`'s G group outputs ``[M, N]`` as a list, not concatenated (ATen / oneDNN: no concat is
+        made; other kernels: views of their one output)."""
+        impl = self.impl["ln_linear"]
+        if impl in ("aten", "onednn"):
+            return ln_linear_aten(x, weight, bias, gemm=impl, packs=self.onednn_packs if impl == "onednn" else None,
+                                  split=True, **kw)
+        return list(self.ln_linear(x, weight, bias, **kw).split(weight.shape[1], dim=1))
+
     def layernorm(self, x, weight, bias, **kw):
         impl = self.impl["layernorm"]
         if impl in ("aten", "reference"):
             return layernorm_ref(x, weight, bias, **kw)
         return layernorm(x, weight, bias, backend=impl, **kw)
 
-    def attention(self, q, k, v):
+    def attention(self, q, k, v, out=None):
+        """``[B, Nq, G, H, D]``; with ``out`` (that shape, any strides, e.g. one group's slice of a bigger buffer)
+        the result is written into it and ``out`` returned: in place by the AMX kernel at inference, else a copy."""
         impl = self.impl["attention"]
         if impl == "fastest":
             impl = cpu_attention_impl(q, k, v)
+        if impl == "amx" and out is not None and eager_inference(q, k, v, out):
+            return attention_amx_out(q, k, v, out)
         if impl == "sdpa":
-            return sdpa_attention(q, k, v)
-        if impl == "reference":
-            return attention_ref(q, k, v)
-        return attention(q, k, v, allow_tf32=self.allow_tf32, backend=impl)
+            o = sdpa_attention(q, k, v)
+        elif impl == "amx":
+            o = attention_amx(q, k, v)
+        elif impl == "reference":
+            o = attention_ref(q, k, v)
+        else:
+            o = attention(q, k, v, allow_tf32=self.allow_tf32, backend=impl)
+        return o if out is None else out.copy_(o)
 
     def tpc_select(self, x, keep, center=None, tie_break="index", noise=None):
         return tpc_select(x, keep, center=center, tie_break=tie_break, noise=noise, backend=self.impl["tpc_select"])

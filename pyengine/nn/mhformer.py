@@ -6,7 +6,8 @@ and loads the published state_dicts; only ``forward`` changes. Inside the model 
 launch per stage over all three, the hypothesis-mixing MLP reads the buffer without a concat, and the TPC
 selection and gather see ``cat(x1, x2, x3)`` for free.
 
-Launches per SHR block: LN+QKV (3 hypotheses, one launch), attention (one), proj+residual (one),
+Launches per SHR block: LN+QKV (3 hypotheses, one launch; on ATen / oneDNN one GEMM each, no concat), attention
+(one; there one per hypothesis, each writing its slice of the output), proj+residual (one),
 LN+fc1+GELU (one), fc2+residual (one). CHI: three sequential steps of LN+QKV, attention, proj+residual, then the
 MLP. MHG encoder block: LN+QKV, attention (34 tokens, head_dim F/9 padded in-kernel), proj+residual,
 LN+fc1+GELU, fc2+residual; the encoder's input LN + pos_embed and its final LN + outer residual are one
@@ -78,8 +79,16 @@ class SHRBlock(Fused, ref.SHRBlock):
         ln_b = self.cached("ln_b", [m.bias for m in n], lambda: stack(*(m.bias for m in n)))
         w_p = self.cached("w_proj", [m.proj.weight for m in a], lambda: stack(*(m.proj.weight for m in a)))
         b_p = self.cached("b_proj", [m.proj.bias for m in a], lambda: stack(*(m.proj.bias for m in a)))
-        qkv = ops.ln_linear(X, w_qkv, b_qkv, ln_weight=ln_w, ln_bias=ln_b, eps=n[0].eps)  # [M, 3 * 3C]
-        o = ops.attention(*_hyp_views(qkv, B, N, 3, H))  # [B, N, 3, H, D]
+        if ops.impl["ln_linear"] in ("aten", "onednn"):
+            # one GEMM per hypothesis anyway: its [M, 3C] output as it is (no concat of oneDNN's outputs), and
+            # one attention per hypothesis writing its slice of the output
+            qkvs = ops.ln_linear_groups(X, w_qkv, b_qkv, ln_weight=ln_w, ln_bias=ln_b, eps=n[0].eps)
+            o = X.new_empty(B, N, 3, H, C // H)
+            for g, qkv in enumerate(qkvs):
+                ops.attention(*_hyp_views(qkv, B, N, 1, H), out=o[:, :, g:g + 1])
+        else:  # one QKV launch and one attention launch over the three hypotheses
+            qkv = ops.ln_linear(X, w_qkv, b_qkv, ln_weight=ln_w, ln_bias=ln_b, eps=n[0].eps)  # [M, 3 * 3C]
+            o = ops.attention(*_hyp_views(qkv, B, N, 3, H))  # [B, N, 3, H, D]
         X = ops.ln_linear(o.view(B * N, 3 * C), w_p, b_p, residual=X)
         return _mixing_mlp(ops, X, self)
 
@@ -121,10 +130,10 @@ class CHIBlock(Fused, ref.CHIBlock):
             b = self.cached(f"b{a}", [m.bias for m in lins], lambda: stack(*(m.bias for m in lins)))
             lw = self.cached(f"lw{a}", [m.weight for m in norms], lambda: stack(*(m.weight for m in norms)))
             lb = self.cached(f"lb{a}", [m.bias for m in norms], lambda: stack(*(m.bias for m in norms)))
-            qkv = ops.ln_linear(X, w, b, ln_weight=lw, ln_bias=lb, eps=norms[0].eps,
-                                in_cols=[s * C for s in srcs])  # [M, 3C]: q | k | v of this step
-            t = qkv.view(B, N, 3, attn.num_heads, -1).permute(2, 0, 1, 3, 4)  # [3, B, N, H, D]
-            o = ops.attention(t[0][:, None], t[1][:, None], t[2][:, None])  # [B, N, 1, H, D]
+            qkv = ops.ln_linear_groups(X, w, b, ln_weight=lw, ln_bias=lb, eps=norms[0].eps,
+                                       in_cols=[s * C for s in srcs])  # q, k, v of this step, [M, C] each
+            q, k, v = (t.view(B, 1, N, attn.num_heads, -1) for t in qkv)  # [B, 1, N, H, D] (rows (b, n))
+            o = ops.attention(q, k, v)  # [B, N, 1, H, D]
             xa = ops.ln_linear(o.view(B * N, C), attn.proj.weight[None], attn.proj.bias[None],
                                residual=X[:, a * C:(a + 1) * C])
             if in_place:  # one column block written, instead of a concat copying all three

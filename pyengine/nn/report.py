@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from ..cpu_heap import heap_state
 from ..cuda_graphs import graph_status
 
 
@@ -68,6 +69,8 @@ def report(model) -> Report:
     if kept and all(p.dtype == torch.float32 for n in kept for p in model.get_submodule(n).parameters()):
         rows.append(ReportRow("(model)", f"precision: {', '.join(kept)} kept float32 in this {str(dtype)[6:]} model",
                               "float32", f"float32: {info.fp32_why}"))
+    if fused and device.type == "cpu" and heap_state() is not None:
+        rows.append(ReportRow("(process)", "CPU heap between forwards", "malloc", f"malloc: {heap_state()}"))
     graphs = graph_status(model)
     if graphs is not None:
         rows.append(ReportRow("(model)", "latency mode: fixed-shape no-grad calls replay a CUDA graph",

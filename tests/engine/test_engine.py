@@ -8,6 +8,7 @@ import pyengine
 from pyengine import dispatch, engine
 from pyengine.models import CHIBlock, MHFormer, SHRBlock
 from pyengine.nn._common import Fused
+from pyengine.ops.attention import attention_ref
 from pyengine.testing import randomize_, rel_error
 
 from small_configs import TRANSFORMERS as SMALL, arch_of, call
@@ -114,6 +115,35 @@ def test_auto_cpu_attention_runs_the_kernel_measured_faster_per_shape(fresh_atte
     ops.attention(*(torch.randn(2, 1, 5, 2, 8) for _ in range(3)))
     assert len(calls) == 8 + 7  # a new shape is measured again
     assert dispatch.Ops("auto", "cpu", dtype=torch.float64).impl["attention"] == "sdpa"  # fp64: no fp32 kernel
+
+
+@pytest.mark.parametrize("amx_here", [True, False])
+def test_auto_cpu_attention_times_the_amx_kernel_where_it_runs(fresh_attention, amx_here):
+    """bf16 on a CPU with AMX: the AMX kernel is a third candidate (a fake one here, so the test runs anywhere)."""
+    calls = []
+    fresh_attention.setattr(dispatch, "amx_available", lambda: amx_here)
+    fresh_attention.setattr(dispatch, "sdpa_attention", lambda q, k, v: calls.append("sdpa") or attention_ref(q, k, v))
+    fresh_attention.setattr(dispatch, "attention", lambda q, k, v, **kw: calls.append(kw["backend"]) or
+                            attention_ref(q, k, v))
+    fresh_attention.setattr(dispatch, "attention_amx", lambda q, k, v: calls.append("amx") or attention_ref(q, k, v))
+    times = {"sdpa": 2.0, "cpp": 3.0, "amx": 0.5}
+    fresh_attention.setattr(dispatch, "_time_once", lambda fn: (fn(), times[calls[-1]])[1])
+    ops = dispatch.Ops("auto", "cpu", dtype=torch.bfloat16)
+    assert ("no AMX kernel here" in ops.choice["attention"].why) is not amx_here
+    q, k, v = (torch.randn(2, 1, 9, 2, 8).bfloat16() for _ in range(3))
+    ops.attention(q, k, v)
+    kernels = ["sdpa", "cpp", "amx"] if amx_here else ["sdpa", "cpp"]
+    assert calls == kernels * 3 + [kernels[-1] if amx_here else "sdpa"]
+    text = ops.choice["attention"].describe()
+    assert ("amx 500.00 ms" in text) is amx_here and "SDPA 2000.00 ms, cpp 3000.00 ms" in text
+    calls.clear()
+    ops.attention(q.float(), k.float(), v.float())  # fp32: the AMX kernel takes bf16 only
+    assert calls == ["sdpa", "cpp"] * 3 + ["sdpa"]
+    if amx_here:
+        calls.clear()
+        wide = torch.randn(1, 1, 3, 1, dispatch.AMX_MAX_HEAD_DIM + 8).bfloat16()
+        ops.attention(wide, wide, wide)  # a head dim beyond the AMX kernel's
+        assert "amx" not in calls
 
 
 def test_auto_cpu_attention_can_be_pinned_and_traces_sdpa(fresh_attention):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyengine
-from pyengine.testing import HostSyncRecorder, randomize_
+from pyengine.testing import HostSyncRecorder, randomize_, rel_error
 
 from small_configs import SMALL, arch_of, call
 
@@ -67,4 +67,8 @@ def test_hot_mixste_exports_without_a_value_check_in_thecall(backend):
     arch, model, x = _model_and_input("hot_mixste", backend)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
-        assert torch.equal(exported.module()(x), model(x))
+        got, want = exported.module()(x), model(x)
+    if backend == "reference":
+        assert torch.equal(got, want)
+    else:  # eager CPU inference runs pyengine's C++ LayerNorm, the exported graph F.layer_norm: fp32 rounding apart
+        assert rel_error(got, want) < 1e-6

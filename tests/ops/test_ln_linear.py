@@ -306,3 +306,29 @@ def test_sdpa_path_reads_one_group_views_without_copies():
         assert torch.allclose(got, attention_ref(q.expand_as(k), k, v), rtol=1e-12, atol=1e-12)
         assert got.shape == (B, 9, 3, 4, 8) and got.is_contiguous()
         assert sum("copy" in o or "clone" in o for o in ops) <= 3, ops  # each group's output, written once
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_inference_runs_the_layernorm_prologue_on_the_cpp_kernel(dtype):
+    """At CPU inference the LN prologue is pyengine's C++ kernel, reading each group's strided column block in place
+    (F.layer_norm would copy it first); under autograd it is F.layer_norm. Both match the fp64 reference."""
+    from pyengine.ops.group_layernorm import group_layernorm_runs
+    from pyengine.ops.ln_linear import ln_linear_aten
+    from pyengine.testing import assert_close, dispatched_ops
+    if not group_layernorm_runs(torch.empty(0, dtype=dtype)):
+        pytest.skip("pyengine._C has no group_layernorm_cpu (an older build)")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(37, 72, generator=g) + 3.0
+    w, b = torch.randn(3, 16, 24, generator=g) * 0.2, torch.randn(3, 16, generator=g)
+    lw, lb = torch.randn(3, 24, generator=g), torch.randn(3, 24, generator=g)
+    args = [t.to(dtype) for t in (x, w, b, lw, lb)]
+    kw = dict(in_cols=[24, 48, 0])
+    want = ln_linear_ref(*(t.double() for t in args[:3]), ln_weight=args[3].double(), ln_bias=args[4].double(), **kw)
+    eager = ln_linear_ref(*args[:3], ln_weight=args[3], ln_bias=args[4], **kw)
+    got, ops = dispatched_ops(ln_linear_aten, *args[:3], ln_weight=args[3], ln_bias=args[4], **kw)
+    assert not any("layer_norm" in o or "clone" in o for o in ops), ops
+    assert_close(f"ln_linear C++ LN {dtype}", got, want, eager)
+    xg = args[0].clone().requires_grad_()
+    got_g, ops = dispatched_ops(ln_linear_aten, xg, *args[1:3], ln_weight=args[3], ln_bias=args[4], **kw)
+    assert sum("native_layer_norm" in o for o in ops) == 3, ops
+    assert_close(f"ln_linear autograd {dtype}", got_g.detach(), want, eager)
