@@ -34,7 +34,7 @@ Two registered ops:
 import torch
 
 from ..backends import BackendUnavailableError, cpp_extension, tracing
-from .attention import attention_ref, check_attention_args, check_unit_head_stride
+from .attention import _backward_cpp, _setup_context_cpp, check_attention_args, check_unit_head_stride
 
 MAX_HEAD_DIM = 256
 DTYPE = torch.bfloat16
@@ -118,20 +118,8 @@ def _(q, k, v):
     return q.new_empty((B, Nq, G, H, D))
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad_out):
-    # Recompute through the eager reference (no fused backward kernel), like pyengine::attention_cpp.
-    q, k, v = ctx.saved_tensors
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-        out = attention_ref(*leaves)
-        return tuple(torch.autograd.grad(out, leaves, grad_out))
-
-
-attention_amx_op.register_autograd(_backward, setup_context=_setup_context)
+# the backward recomputes through the eager reference (no fused backward kernel), as pyengine::attention_cpp's
+attention_amx_op.register_autograd(_backward_cpp, setup_context=_setup_context_cpp)
 
 
 @torch.library.custom_op("pyengine::attention_amx_out", mutates_args=("out",))
