@@ -39,7 +39,7 @@ from .ops.gather_tokens import gather_tokens
 from .ops.layernorm import layernorm, layernorm_ref
 from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
 from .ops.onednn_linear import (DTYPES as ONEDNN_DTYPES, PackedWeights, _time_once, onednn_available,
-                                 onednn_bf16_native, onednn_linear_prepacked)
+                                 onednn_bf16_missing, onednn_bf16_native, onednn_bf16_runs, onednn_linear_prepacked)
 from .ops.susa import run_prepared as susa_prepared
 from .ops.tpc_select import tpc_select
 
@@ -174,6 +174,12 @@ def cpu_gemm_choice(dtype) -> Choice:
         reason = (f"oneDNN's inner product takes float32 / bfloat16, not {dtype}" if onednn_available()
                   else "this torch build has no (enabled) oneDNN")
         choice = Choice("ln_linear", "aten", f"{WHY['aten']}; auto on CPU ({reason})")
+    elif dtype == torch.bfloat16 and not onednn_bf16_runs():
+        if pinned == "onednn":
+            raise BackendUnavailableError(f"PYENGINE_CPU_GEMM=onednn: oneDNN cannot run bfloat16 GEMMs here: "
+                                          f"{onednn_bf16_missing()}; unset it or use float32")
+        choice = Choice("ln_linear", "aten", f"{WHY['aten']}; auto on CPU ({onednn_bf16_missing()}; ATen's "
+                        "bf16 GEMM runs, slowly: no bf16 dot products on this CPU)")
     elif pinned:
         choice = Choice("ln_linear", pinned, f"{WHY[pinned]}; auto on CPU, pinned by PYENGINE_CPU_GEMM={pinned}"
                         + _emulated_note(dtype))

@@ -20,27 +20,16 @@ plus the ``torch.cat`` after them by one pass over the rows.
   AVX-512 / AVX2 / baseline clones; float32 / bfloat16 / float16 CPU tensors), with a fake impl and an autograd
   formula written out in PyTorch (fp32 math, per group; gradients of groups sharing columns of x add up).
 """
-import math
 from typing import List
 
 import torch
 import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError, cpp_extension
+from ._checks import ROW_DTYPES, check_eps, check_in_cols, check_like, check_rows, check_tensor, default_in_cols
 
 
-def default_in_cols(K_x: int, G: int, K: int) -> List[int]:
-    """The column offsets of G K-wide groups of ``x [M, K_x]`` (this op's and ``ln_linear``'s default):
-    ``[g*K]`` when x holds the G slices side by side, ``[0]*G`` when every group reads the same K columns."""
-    if K_x == G * K:
-        return [g * K for g in range(G)]
-    if K_x == K:
-        return [0] * G
-    raise ValueError(f"in_cols: x has {K_x} columns, which is neither G*K = {G}*{K} = {G * K} nor K = {K}; "
-                     f"pass in_cols (the column offset of each group's {K}-wide slice)")
-
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+DTYPES = ROW_DTYPES
 CPP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BACKENDS = ("cpp", "reference")
 
@@ -54,53 +43,23 @@ def group_layernorm_ref(x, weight, bias, *, in_cols=None, eps):
                      dim=1)
 
 
-def _shape(t):
-    return list(t.shape)
-
-
 def check_group_layernorm_args(x, weight, bias, eps, in_cols) -> List[int]:
     """Raise ``TypeError`` / ``ValueError`` naming the argument, the expected and the actual; return the effective
     ``in_cols``."""
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"group_layernorm: {name}: expected a torch.Tensor, got {type(t).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"group_layernorm: x: expected a 2-D tensor [M, K_x], got shape {_shape(x)}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"group_layernorm: x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
-    if x.shape[1] > 1 and x.stride(1) != 1:
-        raise ValueError(f"group_layernorm: x: expected unit column stride (any row stride), got strides "
-                         f"{list(x.stride())}")
+    op = "group_layernorm: "
+    check_rows(x, "[M, K_x]", op)
+    check_tensor("weight", weight, op)
+    check_tensor("bias", bias, op)
     if weight.dim() != 2 or weight.shape[0] < 1 or weight.shape[1] < 1:
-        raise ValueError(f"group_layernorm: weight: expected a 2-D tensor [G, K] with G, K >= 1 (one LayerNorm "
-                         f"weight per group), got shape {_shape(weight)}")
+        raise ValueError(f"{op}weight: expected a 2-D tensor [G, K] with G, K >= 1 (one LayerNorm "
+                         f"weight per group), got shape {list(weight.shape)}")
     G, K = weight.shape
-    if _shape(bias) != [G, K]:
-        raise ValueError(f"group_layernorm: bias: expected shape {[G, K]} (weight's), got {_shape(bias)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t.dtype != x.dtype:
-            raise TypeError(f"group_layernorm: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"group_layernorm: {name}: expected device {x.device} (the device of x), got {t.device}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"group_layernorm: eps: expected a finite number >= 0, got {eps!r}")
-    K_x = x.shape[1]
-    if in_cols is None:
-        return default_in_cols(K_x, G, K)
-    if isinstance(in_cols, torch.Tensor) or not hasattr(in_cols, "__len__"):
-        raise TypeError(f"group_layernorm: in_cols: expected a list of {G} ints (one column offset per group), got "
-                        f"{type(in_cols).__name__}")
-    in_cols = list(in_cols)
-    if len(in_cols) != G:
-        raise ValueError(f"group_layernorm: in_cols: expected {G} column offsets (one per group), got "
-                         f"{len(in_cols)}")
-    for g, c in enumerate(in_cols):
-        if isinstance(c, bool) or not isinstance(c, int):
-            raise TypeError(f"group_layernorm: in_cols[{g}]: expected an int, got {type(c).__name__}")
-        if not 0 <= c <= K_x - K:
-            raise ValueError(f"group_layernorm: in_cols[{g}]: expected an offset in [0, K_x - K] = [0, {K_x - K}] "
-                             f"(x has {K_x} columns, K = {K}), got {c}")
-    return in_cols
+    if list(bias.shape) != [G, K]:
+        raise ValueError(f"{op}bias: expected shape {[G, K]} (weight's), got {list(bias.shape)}")
+    check_like("weight", weight, x, op)
+    check_like("bias", bias, x, op)
+    check_eps(eps, op)
+    return check_in_cols(in_cols, G, K, x.shape[1], op)
 
 
 def _check_cpp_args(x) -> None:
@@ -117,8 +76,8 @@ def _check_out(out, x, G, K) -> None:
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"group_layernorm: out: expected a torch.Tensor or None, got {type(out).__name__}")
     M = x.shape[0]
-    if _shape(out) != [M, G * K]:
-        raise ValueError(f"group_layernorm: out: expected shape [M, G*K] = {[M, G * K]}, got {_shape(out)}")
+    if list(out.shape) != [M, G * K]:
+        raise ValueError(f"group_layernorm: out: expected shape [M, G*K] = {[M, G * K]}, got {list(out.shape)}")
     if out.dtype != x.dtype:
         raise TypeError(f"group_layernorm: out: expected dtype {x.dtype} (the dtype of x), got {out.dtype}")
     if out.device != x.device:

@@ -12,15 +12,15 @@
 
 See docs/ln_linear.md.
 """
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError, check_compiled_dtype, device_guard, op_backend
+from ._checks import ROW_DTYPES, check_eps, check_like, check_rows, check_tensor, check_unit_column_stride
 
-DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+DTYPES = ROW_DTYPES
 GPU_DTYPES = DTYPES[:3]  # float64 runs only under the interpreter (CPU): no sm_90 variant is compiled for it
 _BACKENDS = ("reference", "triton")
 
@@ -40,39 +40,27 @@ def layernorm_ref(x, weight, bias, *, eps, add=None, residual=None):
 
 
 def check_layernorm_args(x, weight, bias, eps, add, residual) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"x: expected a 2-D tensor [M, K], got shape {list(x.shape)}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
+    check_rows(x, "[M, K]")
     M, K = x.shape
     if K < 1:
         raise ValueError(f"x: expected K >= 1 columns, got shape {list(x.shape)}")
-    if K > 1 and x.stride(1) != 1:
-        raise ValueError(f"x: expected unit column stride (any row stride), got strides {list(x.stride())}")
     for name, t, shape in (("weight", weight, [K]), ("bias", bias, [K]), ("add", add, None),
                            ("residual", residual, [M, K])):
         if t is None:
             if name in ("weight", "bias"):
                 raise TypeError(f"{name}: expected a tensor of shape [{K}], got None")
             continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        check_tensor(name, t)
         if name == "add":
             if t.dim() != 2 or t.shape[1] != K or t.shape[0] < 1:
                 raise ValueError(f"add: expected shape [P, {K}] with P >= 1 (row m adds add[m % P]), "
                                  f"got {list(t.shape)}")
         elif list(t.shape) != shape:
             raise ValueError(f"{name}: expected shape {shape}, got {list(t.shape)}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected device {x.device} (the device of x), got {t.device}")
-        if t.dim() == 2 and K > 1 and t.stride(1) != 1:
-            raise ValueError(f"{name}: expected unit column stride (any row stride), got strides {list(t.stride())}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
+        check_like(name, t, x)
+        if t.dim() == 2:
+            check_unit_column_stride(name, t)
+    check_eps(eps)
 
 
 @torch.library.custom_op("pyengine::layernorm", mutates_args=())

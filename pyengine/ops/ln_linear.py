@@ -19,11 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import BackendUnavailableError, device_guard, eager_inference, op_backend
-from .group_layernorm import default_in_cols, group_layernorm_rows, group_layernorm_runs
+from ._checks import (ROW_DTYPES, check_eps, check_in_cols, check_like, check_rows, check_tensor,
+                      check_unit_column_stride, default_in_cols)
+from .group_layernorm import group_layernorm_rows, group_layernorm_runs
 from .onednn_linear import onednn_linear_prepacked
 
 ACTIVATIONS = ("none", "gelu")
-DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+DTYPES = ROW_DTYPES
 _BACKENDS = ("reference", "triton")
 
 
@@ -132,28 +134,17 @@ def addmm_into(y, a, w, b, activation, res):
     return y if res is None else y.add_(res)
 
 
-def _shape(t):
-    return list(t.shape)
-
-
 def check_ln_linear_args(x, weight, bias, ln_weight, ln_bias, eps, in_cols, activation, residual) -> List[int]:
     """Raise a clear ``TypeError`` / ``ValueError`` for a bad argument; return the effective ``in_cols``."""
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"x: expected a 2-D tensor [M, K_x], got shape {_shape(x)}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"x: expected dtype float32, float16, bfloat16 or float64, got {x.dtype}")
-    if x.shape[1] > 1 and x.stride(1) != 1:
-        raise ValueError(f"x: expected unit column stride (any row stride), got strides {list(x.stride())}")
+    check_rows(x, "[M, K_x]")
+    check_tensor("weight", weight)
     if weight.dim() != 3:
         raise ValueError(f"weight: expected a 3-D tensor [G, N, K] (per group nn.Linear [out, in]), "
-                         f"got shape {_shape(weight)}")
+                         f"got shape {list(weight.shape)}")
     G, N, K = weight.shape
     M = x.shape[0]
     if G < 1 or K < 1:
-        raise ValueError(f"weight: expected G >= 1 groups and K >= 1 input features, got shape {_shape(weight)}")
+        raise ValueError(f"weight: expected G >= 1 groups and K >= 1 input features, got shape {list(weight.shape)}")
     if K > 1 and weight.stride(2) != 1:
         raise ValueError(f"weight: expected unit stride along K, got strides {list(weight.stride())}")
     expected = {"weight": None, "bias": [G, N], "ln_weight": [G, K], "ln_bias": [G, K], "residual": [M, G * N]}
@@ -163,36 +154,19 @@ def check_ln_linear_args(x, weight, bias, ln_weight, ln_bias, eps, in_cols, acti
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor or None, got {type(t).__name__}")
-        if expected[name] is not None and _shape(t) != expected[name]:
-            raise ValueError(f"{name}: expected shape {expected[name]}, got {_shape(t)}")
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected device {x.device} (the device of x), got {t.device}")
+        if expected[name] is not None and list(t.shape) != expected[name]:
+            raise ValueError(f"{name}: expected shape {expected[name]}, got {list(t.shape)}")
+        check_like(name, t, x)
     if (ln_weight is None) != (ln_bias is None):
         raise ValueError("ln_weight / ln_bias: pass both (LayerNorm prologue) or neither, got "
                          f"ln_weight={'a tensor' if ln_weight is not None else None}, "
                          f"ln_bias={'a tensor' if ln_bias is not None else None}")
-    if residual is not None and residual.shape[1] > 1 and residual.stride(1) != 1:
-        raise ValueError(f"residual: expected unit column stride (any row stride), got strides "
-                         f"{list(residual.stride())}")
+    if residual is not None:
+        check_unit_column_stride("residual", residual)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps: expected a finite number >= 0, got {eps!r}")
-    K_x = x.shape[1]
-    if in_cols is None:
-        return default_in_cols(K_x, G, K)
-    in_cols = list(in_cols)
-    if len(in_cols) != G:
-        raise ValueError(f"in_cols: expected {G} column offsets (one per group), got {len(in_cols)}")
-    for g, c in enumerate(in_cols):
-        if isinstance(c, bool) or not isinstance(c, int):
-            raise TypeError(f"in_cols[{g}]: expected an int, got {type(c).__name__}")
-        if not 0 <= c <= K_x - K:
-            raise ValueError(f"in_cols[{g}]: expected an offset in [0, K_x - K] = [0, {K_x - K}] (x has {K_x} "
-                             f"columns, K = {K}), got {c}")
-    return in_cols
+    check_eps(eps)
+    return check_in_cols(in_cols, G, K, x.shape[1])
 
 
 @torch.library.custom_op("pyengine::ln_linear", mutates_args=())

@@ -12,9 +12,12 @@ engine's ``auto`` measures both once per process and picks (``pyengine.dispatch.
 * ``onednn_linear_op``: the registered op (``torch.ops.mkldnn._linear_pointwise``), a fake impl for compile /
   export and an autograd formula in plain PyTorch (it recomputes the pre-activation; fp32 math).
 
-CPU tensors, float32 or bfloat16 (what oneDNN's inner product takes on every x86 CPU; bf16 is emulated, slowly,
-on CPUs without AVX-512 BF16 / AMX, which :func:`onednn_bf16_native` tells). fp32 products are exact fp32 (oneDNN's
-default math mode; pyengine never sets ``torch.backends.mkldnn`` to tf32 / bf16 math).
+CPU tensors, float32 or bfloat16. bf16 runs natively with AVX-512 BF16 / AMX (:func:`onednn_bf16_native`), is
+emulated, slowly, on other AVX-512 CPUs, and does not run at all on AVX2-only CPUs (e.g. AMD Zen 3: oneDNN creates
+no bf16 inner product there, and torch's weight prepacking needs AVX-512BW/VL/DQ or AVX-NE-CONVERT), which
+:func:`onednn_bf16_runs` finds out once per process by running a tiny one; ``backend="onednn"`` then raises
+``BackendUnavailableError`` for bf16 and ``auto`` runs ATen's GEMM, saying so. fp32 products are exact fp32
+(oneDNN's default math mode; pyengine never sets ``torch.backends.mkldnn`` to tf32 / bf16 math).
 """
 import math
 import time
@@ -39,6 +42,38 @@ def onednn_available() -> bool:
 def onednn_bf16_native() -> bool:
     """The CPU has bf16 dot-product instructions (AVX-512 BF16 or AMX) that oneDNN uses for bf16 GEMMs."""
     return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+_BF16_PROBE = []  # [(runs, why)] once per process: oneDNN's bf16 support depends on the CPU, not on the call
+
+
+def onednn_bf16_runs() -> bool:
+    """oneDNN runs a bf16 inner product (and torch prepacks bf16 weights for it) on this CPU: found out once by
+    running a tiny one, since what oneDNN supports depends on ISA details no torch flag reports."""
+    return _bf16_probe()[0]
+
+
+def onednn_bf16_missing() -> str:
+    """Why :func:`onednn_bf16_runs` is False (``""`` where it runs)."""
+    return _bf16_probe()[1]
+
+
+def _bf16_probe():
+    if not _BF16_PROBE:
+        if not onednn_available():
+            _BF16_PROBE.append((False, "this torch build has no (enabled) oneDNN"))
+        else:
+            x, w = torch.ones(2, 16, dtype=torch.bfloat16), torch.ones(16, 16, dtype=torch.bfloat16)
+            try:
+                with torch.no_grad():
+                    torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+                    torch.ops.mkldnn._reorder_linear_weight(w, 2)
+                _BF16_PROBE.append((True, ""))
+            except RuntimeError as exc:
+                # oneDNN's message, up to its "Run workload with ONEDNN_VERBOSE" advice
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". Run workload")[0]
+                _BF16_PROBE.append((False, f"this CPU's oneDNN has no bf16 inner product ({first[:200]})"))
+    return _BF16_PROBE[0]
 
 
 def onednn_linear_ref(x, weight, bias=None, *, activation="none", residual=None):
@@ -85,6 +120,9 @@ def _check_runnable(x) -> None:
     if x.dtype not in DTYPES:
         raise BackendUnavailableError(f"onednn_linear: backend='onednn' takes float32 or bfloat16 (oneDNN's CPU "
                                       f"inner product), got {x.dtype}; use backend='reference'")
+    if x.dtype == torch.bfloat16 and not onednn_bf16_runs():
+        raise BackendUnavailableError(f"onednn_linear: backend='onednn' cannot run bfloat16 here: "
+                                      f"{onednn_bf16_missing()}; use float32 or backend='reference'")
 
 
 def _inner_product(x, weight, bias, activation, residual):

@@ -12,10 +12,14 @@ import pyengine
 from pyengine import dispatch
 from pyengine.backends import BackendUnavailableError
 from pyengine.ops.ln_linear import ln_linear_aten, ln_linear_ref
-from pyengine.ops.onednn_linear import onednn_available, onednn_linear, onednn_linear_op, onednn_linear_ref
+from pyengine.ops.onednn_linear import (onednn_available, onednn_bf16_missing, onednn_bf16_runs, onednn_linear,
+                                        onednn_linear_op, onednn_linear_ref)
 from pyengine.testing import HostSyncRecorder, assert_close, randomize_, rel_error
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this torch build has no (enabled) oneDNN")
+# AVX2-only CPUs (AMD Zen 3, say) have no oneDNN bf16 inner product at all: those cases cannot run there
+needs_bf16 = pytest.mark.skipif(onednn_available() and not onednn_bf16_runs(),
+                                reason=f"{onednn_bf16_missing() if onednn_available() else ''}")
 
 
 def _case(M=37, K=24, N=40, seed=0, bias=True, residual=False, strided=False):
@@ -32,7 +36,7 @@ def _to(dtype, *ts):
     return [None if t is None else t.to(dtype) for t in ts]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16, marks=needs_bf16)])
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize("bias,residual,strided", [(True, False, False), (True, True, False), (False, True, True),
                                                    (False, False, True)])
@@ -131,6 +135,7 @@ def test_auto_picks_the_measured_faster_gemm_once(fresh_choice, dtype, t_aten, t
         return t_aten if len(calls) % 2 else t_dnn  # aten is timed first in each interleaved round
 
     fresh_choice.setattr(dispatch, "_time_gemm", fake_time)
+    fresh_choice.setattr(dispatch, "onednn_bf16_runs", lambda: True)  # the choice's logic, whatever this CPU runs
     choice = dispatch.cpu_gemm_choice(dtype)
     assert choice.impl == want and "measured once" in choice.why and "GFLOP/s" in choice.why
     assert dispatch.cpu_gemm_choice(dtype) is choice and len(calls) == 4  # cached: not measured again
@@ -174,11 +179,41 @@ def test_a_model_on_the_onednn_gemm_is_exact_reported_and_sync_free(fresh_choice
 def test_bf16_without_native_support_is_said(fresh_choice):
     """CPUs without AVX-512 BF16 / AMX (CI may be one) still run bf16, emulated: the choice's reason says so."""
     fresh_choice.setattr(dispatch, "onednn_bf16_native", lambda: False)
+    fresh_choice.setattr(dispatch, "onednn_bf16_runs", lambda: True)
     fresh_choice.setattr(dispatch, "_time_gemm", lambda fn, reps=5: 1.0)
     assert "bf16 GEMMs are emulated" in dispatch.cpu_gemm_choice(torch.bfloat16).why
     assert "emulated" not in dispatch.cpu_gemm_choice(torch.float32).why
 
 
+def test_bf16_where_onednn_cannot_run_it_is_refused_or_left_to_aten(fresh_choice):
+    """AVX2-only CPUs: the op raises naming why, auto runs ATen's GEMM and says why, a pin to oneDNN raises."""
+    mod = importlib.import_module("pyengine.ops.onednn_linear")
+    fresh_choice.setattr(mod, "_BF16_PROBE", [(False, "this CPU's oneDNN has no bf16 inner product (probe)")])
+    fresh_choice.setattr(dispatch, "onednn_bf16_runs", mod.onednn_bf16_runs)
+    fresh_choice.setattr(dispatch, "onednn_bf16_missing", mod.onednn_bf16_missing)
+    fresh_choice.setattr(dispatch, "_time_gemm", lambda fn, reps=5: pytest.fail("nothing to measure"))
+    x, w, b = _to(torch.bfloat16, *_case()[:3])
+    with pytest.raises(BackendUnavailableError, match="cannot run bfloat16 here: this CPU's oneDNN has no bf16"):
+        onednn_linear(x, w, b, backend="onednn")
+    c = dispatch.cpu_gemm_choice(torch.bfloat16)
+    assert c.impl == "aten" and "no bf16 inner product (probe)" in c.why
+    fresh_choice.setattr(dispatch, "_CPU_GEMM", {})
+    fresh_choice.setenv("PYENGINE_CPU_GEMM", "onednn")
+    with pytest.raises(BackendUnavailableError, match="PYENGINE_CPU_GEMM=onednn: oneDNN cannot run bfloat16"):
+        dispatch.cpu_gemm_choice(torch.bfloat16)
+    assert dispatch.cpu_gemm_choice(torch.float32).impl == "onednn"  # fp32 is unaffected
+
+
+def test_the_bf16_probe_agrees_with_a_real_bf16_gemm():
+    x, w, b = _to(torch.bfloat16, *_case()[:3])
+    if onednn_bf16_runs():
+        assert onednn_linear(x, w, b, backend="onednn").dtype == torch.bfloat16
+    else:
+        with pytest.raises(RuntimeError):
+            torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+@needs_bf16
 def test_prepacked_bf16_weights_are_exact_and_follow_weight_updates():
     from pyengine.ops.onednn_linear import PackedWeights, onednn_linear_prepacked
     x, w, b, r = _to(torch.bfloat16, *_case(M=33, K=24, N=40, residual=True))
@@ -204,6 +239,7 @@ def test_prepacked_bf16_weights_are_exact_and_follow_weight_updates():
     assert len(packs) <= 2  # bounded: stale entries of rebuilt weights cannot pile up
 
 
+@needs_bf16
 @pytest.mark.parametrize("packed_faster", [True, False])
 def test_a_weight_runs_packed_only_where_packing_measured_faster(monkeypatch, packed_faster):
     mod = importlib.import_module("pyengine.ops.onednn_linear")  # the module (pyengine.ops re-exports the function)
@@ -226,6 +262,7 @@ def test_a_weight_runs_packed_only_where_packing_measured_faster(monkeypatch, pa
     assert len(calls) == 6  # measured once per weight version
 
 
+@needs_bf16
 def test_a_bf16_model_on_prepacked_weights_matches_its_unpacked_self(fresh_choice):
     fresh_choice.setenv("PYENGINE_CPU_GEMM", "onednn")
     cfg = dict(frames=27, channel=32, d_hid=48, layers=3)
