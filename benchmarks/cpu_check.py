@@ -1,6 +1,6 @@
 """Issue 19's CPU table: eager, pyengine (cpp and auto; fp32 and bf16), ONNX Runtime and OpenVINO, interleaved.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/cpu_check.py [--repeats 7] [--cases mhformer-81,...] [-o out.md]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/cpu_check.py [--repeats 7] [--cases mhformer-81,...] [--dtypes fp32] [-o out.md]
 
 Full-width models, random weights. Every round times each row once, in turn, so machine noise hits all rows alike;
 the table gives the median over rounds, the speedup over eager fp32 and the relative error of the row's output
@@ -96,6 +96,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="add the torch.compile fp32 row (slow to build)")
     p.add_argument("--error-inputs", type=int, default=5,
                    help="bf16 rows: also the error over this many more inputs (0: off)")
+    p.add_argument("--dtypes", default="fp32,bf16",
+                   help="comma list of fp32, bf16: the rows to run (bf16 is hours on CPUs without bf16 dot products)")
     p.add_argument("-o", "--output", default=None)
     args = p.parse_args(argv)
     wanted = [c for c in CASES if c.split()[0] in args.cases.split(",")]
@@ -103,7 +105,13 @@ def main(argv=None):
         print(f"cpu_check: error: --cases: expected some of {[c.split()[0] for c in CASES]}, got {args.cases!r}",
               file=sys.stderr)
         return 2
-    rows = [r for r in ROWS if args.compile or r[1] != "compile"]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if not args.dtypes or any(d not in dtypes for d in args.dtypes.split(",")):
+        print(f"cpu_check: error: --dtypes: expected a comma list of fp32, bf16, got {args.dtypes!r}", file=sys.stderr)
+        return 2
+    wanted_dtypes = {dtypes[d] for d in args.dtypes.split(",")} | {torch.float32}  # eager fp32 is the baseline
+    rows = [r for r in ROWS if (args.compile or r[1] != "compile")
+            and (r[2] in wanted_dtypes and (r[2] != torch.float32 or "fp32" in args.dtypes.split(",") or r[1] == "eager"))]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"# CPU: eager vs pyengine vs ONNX Runtime / OpenVINO, interleaved ({args.repeats} rounds, median)", "",
              f"{machine()}; commit {commit or '?'}; `benchmarks/cpu_check.py`", "",
