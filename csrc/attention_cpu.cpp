@@ -18,13 +18,15 @@
 //   P = exp(S - rowmax) (vector exp, Cephes polynomial, ~1 ulp), O = P V (a kRows x 64 register tile, keys
 //   sequential), out = O / rowsum. A missing last row of a block is computed on zero queries and dropped.
 // Every row is computed by the same code whatever the split (results do not depend on the thread count).
-// csrc/cpu_vec.h: target_clones (AVX-512 / AVX2 / baseline), fp16 rows; -ffp-contract=off (no FMA contraction).
+// Kernel widths: 16-float vectors on AVX-512 CPUs, 8-float on AVX2 / baseline (attention_kernels(), below);
+// csrc/cpu_vec.h: target_clones for the row conversions, fp16 rows; -ffp-contract=off (no FMA contraction).
 #include <omp.h>
 #include <torch/extension.h>
 
 #include "cpu_vec.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -35,12 +37,20 @@ namespace {
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// The score / softmax / P@V kernels come in two vector widths, picked once per process (attention_kernels()):
+// 16 floats (one AVX-512 register) on AVX-512 CPUs, 8 floats on AVX2 and baseline CPUs. One source on 16-float
+// vectors for all three targets (target_clones) was 3-5x slower than SDPA on an AVX2-only AMD Zen 3: GCC lowers
+// 64-byte vectors there through the stack (hundreds of spills per kernel). Both widths compute every element with
+// the same operations in the same order (scores and P@V along d / keys per element; the softmax sum over the same
+// 16 partial sums, reduced alike), so results are bit-identical across CPUs (tests/ops/test_attention_cpp.py
+// compares every width this CPU runs).
+#define PYENGINE_AVX512 __attribute__((target("avx512f")))
+#define PYENGINE_AVX2 __attribute__((target("avx2")))
 
 constexpr int64_t kRows = 4;                   // query rows per register tile
 constexpr int64_t kMinParallelWork = 1 << 15;  // multiply-adds below which one thread beats the fork/join
-
-PYENGINE_INLINE v16f splat16(float x) { return v16f{} + x; }
-PYENGINE_INLINE v8f splat8(float x) { return v8f{} + x; }
 
 PYENGINE_INLINE void storev(float* p, v16f v) { std::memcpy(p, &v, sizeof v); }
 PYENGINE_INLINE void storev(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
@@ -53,24 +63,25 @@ PYENGINE_INLINE v16f widen(v8f v) {  // [v, 0]
 // exp(x) for x <= 0 (softmax arguments; NaN propagates): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by the Cephes expf
 // polynomial, 2^n through the exponent bits. x is clamped at -87 (exp(-87) ~ 1.6e-38, still normal): a weight that
 // small next to the row maximum's 1 is below every precision's resolution.
-PYENGINE_INLINE v16f exp_nonpos(v16f x) {
-  const v16f lo = splat16(-87.0f);
+template <typename V, typename VI>
+PYENGINE_INLINE V exp_nonpos(V x) {
+  const V lo = V{} + -87.0f;
   x = x < lo ? lo : x;
-  const v16f magic = splat16(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer (ulp 1)
-  const v16f t = x * 1.44269504088896341f + magic;
-  const v16f n = t - magic;
-  v16f r = x - n * 0.693359375f;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer (ulp 1)
+  const V t = x * 1.44269504088896341f + magic;
+  const V n = t - magic;
+  V r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  v16f p = splat16(1.9875691500e-4f);
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const v16i ni = (v16i)t - (v16i)magic;  // n, -126 <= n <= 0 (vector casts reinterpret the bits)
-  const v16i bits = (ni + 127) << 23;
-  return p * (v16f)bits;
+  const VI ni = (VI)t - (VI)magic;  // n, -126 <= n <= 0 (vector casts reinterpret the bits)
+  const VI bits = (ni + 127) << 23;
+  return p * (V)bits;
 }
 
 // The low / high half of a vector (Half is the vector type of half the width).
@@ -88,9 +99,7 @@ PYENGINE_INLINE Half high_half(V v) {
 }
 
 // Horizontal max / sum of 16 lanes by halving (a fixed order: deterministic, and 4 dependent steps, not 15).
-PYENGINE_INLINE float hmax16(v16f v) {
-  const v8f a = low_half<v8f>(v), b = high_half<v8f>(v);
-  const v8f m8 = a > b ? a : b;
+PYENGINE_INLINE float hmax8(v8f m8) {  // the last steps of hmax16
   const v4f c = low_half<v4f>(m8), d = high_half<v4f>(m8);
   const v4f m4 = c > d ? c : d;
   const float x = m4[0] > m4[2] ? m4[0] : m4[2];
@@ -98,142 +107,228 @@ PYENGINE_INLINE float hmax16(v16f v) {
   return x > y ? x : y;
 }
 
-PYENGINE_INLINE float hsum16(v16f v) {
-  const v8f s8 = low_half<v8f>(v) + high_half<v8f>(v);
+PYENGINE_INLINE float hsum8(v8f s8) {  // the last steps of hsum16
   const v4f s4 = low_half<v4f>(s8) + high_half<v4f>(s8);
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
-// S[r, j] = (sum_d Q[r][d] Kt[d, j]) * scale for r < kRows, j < ldk (ldk a multiple of 8); Q: kRows fp32 rows of
-// D, S row stride lds. Keys in tiles of 32, then 24 (16 + 8 in one pass) or 16, then 8.
-PYENGINE_CLONES void scores_block(const float* const* Q, int64_t D, const float* __restrict Kt, int64_t ldk,
-                                  float scale, float* __restrict S, int64_t lds) {
-  const float* __restrict q0 = Q[0];
-  const float* __restrict q1 = Q[1];
-  const float* __restrict q2 = Q[2];
-  const float* __restrict q3 = Q[3];
-  int64_t j = 0;
-  for (; j + 32 <= ldk; j += 32) {
-    v16f a00 = {}, a01 = {}, a10 = {}, a11 = {}, a20 = {}, a21 = {}, a30 = {}, a31 = {};
-    const float* kp = Kt + j;
-    for (int64_t d = 0; d < D; ++d, kp += ldk) {
-      const v16f k0 = loadv<v16f>(kp), k1 = loadv<v16f>(kp + 16);
-      const float b0 = q0[d], b1 = q1[d], b2 = q2[d], b3 = q3[d];
-      a00 += k0 * b0, a01 += k1 * b0;
-      a10 += k0 * b1, a11 += k1 * b1;
-      a20 += k0 * b2, a21 += k1 * b2;
-      a30 += k0 * b3, a31 += k1 * b3;
-    }
-    storev(S + j, a00 * scale), storev(S + j + 16, a01 * scale);
-    storev(S + lds + j, a10 * scale), storev(S + lds + j + 16, a11 * scale);
-    storev(S + 2 * lds + j, a20 * scale), storev(S + 2 * lds + j + 16, a21 * scale);
-    storev(S + 3 * lds + j, a30 * scale), storev(S + 3 * lds + j + 16, a31 * scale);
-  }
-  if (ldk - j == 24) {  // 16 + 8 keys in one pass over d (each q broadcast serves both)
-    v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    v8f b0 = {}, b1 = {}, b2 = {}, b3 = {};
-    const float* kp = Kt + j;
-    for (int64_t d = 0; d < D; ++d, kp += ldk) {
-      const v16f k0 = loadv<v16f>(kp);
-      const v8f k1 = loadv<v8f>(kp + 16);
-      const float c0 = q0[d], c1 = q1[d], c2 = q2[d], c3 = q3[d];
-      a0 += k0 * c0, a1 += k0 * c1, a2 += k0 * c2, a3 += k0 * c3;
-      b0 += k1 * c0, b1 += k1 * c1, b2 += k1 * c2, b3 += k1 * c3;
-    }
-    storev(S + j, a0 * scale), storev(S + lds + j, a1 * scale);
-    storev(S + 2 * lds + j, a2 * scale), storev(S + 3 * lds + j, a3 * scale);
-    storev(S + j + 16, widen(b0 * scale)), storev(S + lds + j + 16, widen(b1 * scale));
-    storev(S + 2 * lds + j + 16, widen(b2 * scale)), storev(S + 3 * lds + j + 16, widen(b3 * scale));
-    return;
-  }
-  for (; j + 16 <= ldk; j += 16) {
-    v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    const float* kp = Kt + j;
-    for (int64_t d = 0; d < D; ++d, kp += ldk) {
-      const v16f k0 = loadv<v16f>(kp);
-      a0 += k0 * q0[d], a1 += k0 * q1[d], a2 += k0 * q2[d], a3 += k0 * q3[d];
-    }
-    storev(S + j, a0 * scale), storev(S + lds + j, a1 * scale);
-    storev(S + 2 * lds + j, a2 * scale), storev(S + 3 * lds + j, a3 * scale);
-  }
-  for (; j < ldk; j += 8) {
-    v8f a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    const float* kp = Kt + j;
-    for (int64_t d = 0; d < D; ++d, kp += ldk) {
-      const v8f k0 = loadv<v8f>(kp);
-      a0 += k0 * q0[d], a1 += k0 * q1[d], a2 += k0 * q2[d], a3 += k0 * q3[d];
-    }
-    // Stored as full 16-float vectors (upper half 0; S has room, lds >= j + 16), so that softmax_block's 16-float
-    // loads of the tile are forwarded from one store each.
-    storev(S + j, widen(a0 * scale)), storev(S + lds + j, widen(a1 * scale));
-    storev(S + 2 * lds + j, widen(a2 * scale)), storev(S + 3 * lds + j, widen(a3 * scale));
+PYENGINE_INLINE float hmax16(v16f v) {
+  const v8f a = low_half<v8f>(v), b = high_half<v8f>(v);
+  return hmax8(a > b ? a : b);
+}
+
+PYENGINE_INLINE float hsum16(v16f v) { return hsum8(low_half<v8f>(v) + high_half<v8f>(v)); }
+
+// The score / softmax / P@V kernels are templates over the vector type V: v16f (one AVX-512 register) or v8f
+// (one AVX2 register; two SSE registers in the baseline build), instantiated per target below. W = kLanes<V>.
+template <typename V>
+constexpr int kLanes = sizeof(V) / sizeof(float);
+
+// Stores v at p; into a wider Slot (a v8f into a v16f slot) as [v, 0].
+template <typename Slot, typename V>
+PYENGINE_INLINE void store_as(float* p, V v) {
+  if constexpr (std::is_same<Slot, V>::value) {
+    storev(p, v);
+  } else {
+    storev(p, widen(v));
   }
 }
+
+// S[r, W*c .. W*c + W) = (sum_d Q[r][d] Kt[d, ...]) * scale for r < kRows, c < NV (kp: Kt at the tile's first key):
+// kRows x NV register accumulators, one pass over d, each q broadcast serving the NV vectors.
+template <typename V, int NV, typename Slot = V>
+PYENGINE_INLINE void scores_tile(const float* const* Q, int64_t D, const float* __restrict kp, int64_t ldk,
+                                 float scale, float* __restrict S, int64_t lds) {
+  constexpr int W = kLanes<V>;
+  V acc[kRows][NV];
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < NV; ++c) acc[r][c] = V{};
+  for (int64_t d = 0; d < D; ++d, kp += ldk) {
+    V kv[NV];
+    for (int c = 0; c < NV; ++c) kv[c] = loadv<V>(kp + W * c);
+    for (int r = 0; r < kRows; ++r) {
+      const float b = Q[r][d];
+      for (int c = 0; c < NV; ++c) acc[r][c] += kv[c] * b;
+    }
+  }
+  for (int r = 0; r < kRows; ++r)
+    for (int c = 0; c < NV; ++c) store_as<Slot>(S + r * lds + W * c, acc[r][c] * scale);
+}
+
+// S[r, j] = (sum_d Q[r][d] Kt[d, j]) * scale for r < kRows, j < ldk (ldk a multiple of 8); Q: kRows fp32 rows of
+// D, S row stride lds. Keys in tiles of 2W, then W; v16f: a last 24 in one pass (16 + 8), a last 8 alone.
+template <typename V>
+PYENGINE_INLINE void scores_block(const float* const* Q, int64_t D, const float* __restrict Kt, int64_t ldk,
+                                  float scale, float* __restrict S, int64_t lds) {
+  constexpr int W = kLanes<V>;
+  int64_t j = 0;
+  for (; j + 2 * W <= ldk; j += 2 * W) scores_tile<V, 2>(Q, D, Kt + j, ldk, scale, S + j, lds);
+  if constexpr (W == 16) {
+    if (ldk - j == 24) {  // 16 + 8 keys in one pass over d (each q broadcast serves both)
+      const float* __restrict q0 = Q[0];
+      const float* __restrict q1 = Q[1];
+      const float* __restrict q2 = Q[2];
+      const float* __restrict q3 = Q[3];
+      v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      v8f b0 = {}, b1 = {}, b2 = {}, b3 = {};
+      const float* kp = Kt + j;
+      for (int64_t d = 0; d < D; ++d, kp += ldk) {
+        const v16f k0 = loadv<v16f>(kp);
+        const v8f k1 = loadv<v8f>(kp + 16);
+        const float c0 = q0[d], c1 = q1[d], c2 = q2[d], c3 = q3[d];
+        a0 += k0 * c0, a1 += k0 * c1, a2 += k0 * c2, a3 += k0 * c3;
+        b0 += k1 * c0, b1 += k1 * c1, b2 += k1 * c2, b3 += k1 * c3;
+      }
+      storev(S + j, a0 * scale), storev(S + lds + j, a1 * scale);
+      storev(S + 2 * lds + j, a2 * scale), storev(S + 3 * lds + j, a3 * scale);
+      storev(S + j + 16, widen(b0 * scale)), storev(S + lds + j + 16, widen(b1 * scale));
+      storev(S + 2 * lds + j + 16, widen(b2 * scale)), storev(S + 3 * lds + j + 16, widen(b3 * scale));
+      return;
+    }
+  }
+  for (; j + W <= ldk; j += W) scores_tile<V, 1>(Q, D, Kt + j, ldk, scale, S + j, lds);
+  if constexpr (W == 16) {
+    // A last 8 keys, stored as full 16-float vectors (upper half 0; S has room, lds >= j + 16), so that
+    // softmax_block's 16-float loads of the tile are forwarded from one store each.
+    if (j < ldk) scores_tile<v8f, 1, v16f>(Q, D, Kt + j, ldk, scale, S + j, lds);
+  }
+}
+
+// The max / sum of a group of 16 lanes held as 16 / W vectors (lanes 0-7 then 8-15 for v8f): the same steps as
+// hmax16 / hsum16, so both widths reduce alike.
+PYENGINE_INLINE float group_max(const v16f (&m)[1]) { return hmax16(m[0]); }
+PYENGINE_INLINE float group_max(const v8f (&m)[2]) { return hmax8(m[0] > m[1] ? m[0] : m[1]); }
+PYENGINE_INLINE float group_sum(const v16f (&s)[1]) { return hsum16(s[0]); }
+PYENGINE_INLINE float group_sum(const v8f (&s)[2]) { return hsum8(s[0] + s[1]); }
 
 // Per row r < kRows of S (row stride lds, a multiple of 16, >= Nk): S[r, :Nk] = exp(S[r, :Nk] - max) (the
-// padding keys masked out of the max and the sum); sums[r] = the sum of the row.
-PYENGINE_CLONES void softmax_block(float* __restrict S, int64_t lds, int64_t Nk, float* __restrict sums) {
-  const v16f ninf = splat16(-std::numeric_limits<float>::infinity());
+// padding keys masked out of the max and the sum); sums[r] = the sum of the row. Keys go in groups of 16 lanes
+// (G = 16 / W vectors) at every width, so that the sum is the same 16 partial sums, reduced the same way.
+template <typename V, typename VI>
+PYENGINE_INLINE void softmax_block(float* __restrict S, int64_t lds, int64_t Nk, float* __restrict sums) {
+  constexpr int W = kLanes<V>, G = 16 / W;
+  const V ninf = V{} - std::numeric_limits<float>::infinity();
   const int64_t full = Nk / 16 * 16;
-  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  const v16i valid = lane < static_cast<int32_t>(Nk - full);  // the keys of the last, partial tile
+  VI valid[G];  // the keys of the last, partial group
+  for (int g = 0; g < G; ++g) {
+    VI lane;
+    for (int i = 0; i < W; ++i) lane[i] = g * W + i;
+    valid[g] = lane < static_cast<int32_t>(Nk - full);
+  }
   for (int64_t r = 0; r < kRows; ++r) {
     float* s = S + r * lds;
-    v16f m = ninf;
+    V m[G];
+    for (int g = 0; g < G; ++g) m[g] = ninf;
     for (int64_t j = 0; j < full; j += 16) {
-      const v16f x = loadv<v16f>(s + j);
-      m = x > m ? x : m;
+      for (int g = 0; g < G; ++g) {
+        const V x = loadv<V>(s + j + W * g);
+        m[g] = x > m[g] ? x : m[g];
+      }
     }
     if (full < Nk) {
-      const v16f x = valid ? loadv<v16f>(s + full) : ninf;
-      m = x > m ? x : m;
+      for (int g = 0; g < G; ++g) {
+        const V x = valid[g] ? loadv<V>(s + full + W * g) : ninf;
+        m[g] = x > m[g] ? x : m[g];
+      }
     }
-    const float mx = hmax16(m);
-    v16f acc = {};
+    const float mx = group_max(m);
+    V acc[G] = {};
     for (int64_t j = 0; j < full; j += 16) {
-      const v16f e = exp_nonpos(loadv<v16f>(s + j) - mx);
-      storev(s + j, e);
-      acc += e;
+      for (int g = 0; g < G; ++g) {
+        const V e = exp_nonpos<V, VI>(loadv<V>(s + j + W * g) - mx);
+        storev(s + j + W * g, e);
+        acc[g] += e;
+      }
     }
     if (full < Nk) {
-      const v16f e = valid ? exp_nonpos(loadv<v16f>(s + full) - mx) : v16f{};
-      storev(s + full, e);
-      acc += e;
+      for (int g = 0; g < G; ++g) {
+        const V e = valid[g] ? exp_nonpos<V, VI>(loadv<V>(s + full + W * g) - mx) : V{};
+        storev(s + full + W * g, e);
+        acc[g] += e;
+      }
     }
-    sums[r] = hsum16(acc);
+    sums[r] = group_sum(acc);
   }
 }
 
-// O[r, c*16 .. c*16+16) = sum_j P[r, j] V[j, c*16 ..] for r < kRows, c < NV, j < Nk (keys sequential).
-template <int NV>
-PYENGINE_INLINE void pv_tile(const float* __restrict P, int64_t lds, int64_t Nk, const float* __restrict V,
+// O[r, W*c .. W*c + W) = sum_j P[r, j] V[j, W*c ..] for r < kRows, c < NV, j < Nk (keys sequential).
+template <typename V, int NV>
+PYENGINE_INLINE void pv_tile(const float* __restrict P, int64_t lds, int64_t Nk, const float* __restrict Vm,
                              int64_t ldv, float* __restrict O, int64_t ldo) {
-  v16f acc[kRows][NV];
+  constexpr int W = kLanes<V>;
+  V acc[kRows][NV];
   for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < NV; ++c) acc[r][c] = v16f{};
+    for (int c = 0; c < NV; ++c) acc[r][c] = V{};
   for (int64_t j = 0; j < Nk; ++j) {
-    v16f vv[NV];
-    for (int c = 0; c < NV; ++c) vv[c] = loadv<v16f>(V + j * ldv + 16 * c);
+    V vv[NV];
+    for (int c = 0; c < NV; ++c) vv[c] = loadv<V>(Vm + j * ldv + W * c);
     for (int r = 0; r < kRows; ++r) {
       const float p = P[r * lds + j];
       for (int c = 0; c < NV; ++c) acc[r][c] += vv[c] * p;
     }
   }
   for (int r = 0; r < kRows; ++r)
-    for (int c = 0; c < NV; ++c) storev(O + r * ldo + 16 * c, acc[r][c]);
+    for (int c = 0; c < NV; ++c) storev(O + r * ldo + W * c, acc[r][c]);
 }
 
-// O [kRows, ldo] = P [kRows, Nk] @ V [Nk, Dp] (Dp = ldo, a multiple of 16; V row stride ldv), 64 columns a pass.
-PYENGINE_CLONES void pv_block(const float* __restrict P, int64_t lds, int64_t Nk, const float* __restrict V,
+// O [kRows, ldo] = P [kRows, Nk] @ V [Nk, Dp] (Dp = ldo, a multiple of 16; V row stride ldv), NV * W columns a
+// pass: kRows x NV accumulators plus NV loads fit the registers (32 with AVX-512, 16 with AVX2).
+template <typename V>
+PYENGINE_INLINE void pv_block(const float* __restrict P, int64_t lds, int64_t Nk, const float* __restrict Vm,
                               int64_t ldv, int64_t Dp, float* __restrict O) {
+  constexpr int W = kLanes<V>, NV = W == 16 ? 4 : 2;
   int64_t c0 = 0;
-  for (; c0 + 64 <= Dp; c0 += 64) pv_tile<4>(P, lds, Nk, V + c0, ldv, O + c0, Dp);
-  switch ((Dp - c0) / 16) {
-    case 3: pv_tile<3>(P, lds, Nk, V + c0, ldv, O + c0, Dp); break;
-    case 2: pv_tile<2>(P, lds, Nk, V + c0, ldv, O + c0, Dp); break;
-    case 1: pv_tile<1>(P, lds, Nk, V + c0, ldv, O + c0, Dp); break;
-    default: break;
-  }
+  for (; c0 + NV * W <= Dp; c0 += NV * W) pv_tile<V, NV>(P, lds, Nk, Vm + c0, ldv, O + c0, Dp);
+  if constexpr (W == 16) {
+    switch ((Dp - c0) / W) {
+      case 3: pv_tile<V, 3>(P, lds, Nk, Vm + c0, ldv, O + c0, Dp); break;
+      case 2: pv_tile<V, 2>(P, lds, Nk, Vm + c0, ldv, O + c0, Dp); break;
+      case 1: pv_tile<V, 1>(P, lds, Nk, Vm + c0, ldv, O + c0, Dp); break;
+      default: break;
+    }
+  }  // v8f: Dp is a multiple of 2W = 16, no columns are left
+}
+
+struct AttentionKernels {
+  const char* name;
+  void (*scores)(const float* const*, int64_t, const float*, int64_t, float, float*, int64_t);
+  void (*softmax)(float*, int64_t, int64_t, float*);
+  void (*pv)(const float*, int64_t, int64_t, const float*, int64_t, int64_t, float*);
+};
+
+// One instantiation per target; ATTR is empty for the baseline (the build's own flags: SSE2 on x86-64).
+#define PYENGINE_ATTENTION_KERNELS(NAME, ATTR, V, VI)                                                           \
+  ATTR void scores_##NAME(const float* const* Q, int64_t D, const float* Kt, int64_t ldk, float scale, float* S, \
+                          int64_t lds) {                                                                         \
+    scores_block<V>(Q, D, Kt, ldk, scale, S, lds);                                                              \
+  }                                                                                                              \
+  ATTR void softmax_##NAME(float* S, int64_t lds, int64_t Nk, float* sums) {                                    \
+    softmax_block<V, VI>(S, lds, Nk, sums);                                                                      \
+  }                                                                                                              \
+  ATTR void pv_##NAME(const float* P, int64_t lds, int64_t Nk, const float* Vm, int64_t ldv, int64_t Dp,        \
+                      float* O) {                                                                                \
+    pv_block<V>(P, lds, Nk, Vm, ldv, Dp, O);                                                                     \
+  }                                                                                                              \
+  constexpr AttentionKernels kernels_##NAME{#NAME, scores_##NAME, softmax_##NAME, pv_##NAME};
+
+PYENGINE_ATTENTION_KERNELS(avx512, PYENGINE_AVX512, v16f, v16i)
+PYENGINE_ATTENTION_KERNELS(avx2, PYENGINE_AVX2, v8f, v8i)
+PYENGINE_ATTENTION_KERNELS(baseline, , v8f, v8i)
+#undef PYENGINE_ATTENTION_KERNELS
+
+bool cpu_runs(const AttentionKernels& k) {
+  if (&k == &kernels_avx512) return __builtin_cpu_supports("avx512f");
+  if (&k == &kernels_avx2) return __builtin_cpu_supports("avx2");
+  return true;
+}
+
+// The kernels run() uses: the widest this CPU runs, picked once (what target_clones' resolver does, with a vector
+// width per target); set_attention_cpu_kernels() swaps them (tests: every width gives the same bits).
+std::atomic<const AttentionKernels*>& attention_kernels() {
+  static std::atomic<const AttentionKernels*> k{cpu_runs(kernels_avx512) ? &kernels_avx512
+                                                : cpu_runs(kernels_avx2) ? &kernels_avx2
+                                                                         : &kernels_baseline};
+  return k;
 }
 
 // bf16 rows <-> fp32 rows (bf16 is the top half of an fp32; fp32 -> bf16 rounds to nearest even, NaN stays NaN),
@@ -300,6 +395,7 @@ void run(const T* q, const T* k, const T* v, const Geometry& g, T* out) {
   const int64_t chunk = std::max<int64_t>(1, items / (threads * 16));
 
   constexpr bool is_f32 = std::is_same<T, float>::value;
+  const AttentionKernels& kern = *attention_kernels().load();
 
 #pragma omp parallel num_threads(threads)
   {
@@ -361,9 +457,9 @@ void run(const T* q, const T* k, const T* v, const Geometry& g, T* out) {
             qrows[r] = qs.data() + r * D;
           }
         }
-        scores_block(qrows, D, kt.data(), ldk, scale, ss.data(), lds);
-        softmax_block(ss.data(), lds, Nk, sums);
-        pv_block(ss.data(), lds, Nk, V, ldv, Dp, os.data());
+        kern.scores(qrows, D, kt.data(), ldk, scale, ss.data(), lds);
+        kern.softmax(ss.data(), lds, Nk, sums);
+        kern.pv(ss.data(), lds, Nk, V, ldv, Dp, os.data());
         T* out_row0 = out + (((b * Nq + i0) * g.G + gi) * g.H + h) * D;
         const int64_t out_ld = g.G * g.H * D;  // the next query row
         if constexpr (is_f32) {
@@ -421,4 +517,20 @@ torch::Tensor attention_cpu(const torch::Tensor& q, const torch::Tensor& k, cons
                        out.data_ptr<c10::BFloat16>());
   }
   return out;
+}
+
+// The kernel width attention_cpu runs: "avx512", "avx2" or "baseline". With a name, switches to those kernels
+// first (they must run on this CPU). For tests and diagnosis: every width gives the same bits.
+std::string attention_cpu_kernels(const std::string& use) {
+  if (!use.empty()) {
+    const AttentionKernels* found = nullptr;
+    for (const AttentionKernels* k : {&kernels_avx512, &kernels_avx2, &kernels_baseline}) {
+      if (use == k->name) found = k;
+    }
+    TORCH_CHECK(found != nullptr, "attention_cpu_kernels: use must be \"avx512\", \"avx2\" or \"baseline\", got \"",
+                use, "\"");
+    TORCH_CHECK(cpu_runs(*found), "attention_cpu_kernels: this CPU does not run the ", use, " kernels");
+    attention_kernels().store(found);
+  }
+  return attention_kernels().load()->name;
 }

@@ -24,6 +24,8 @@ torch::Tensor group_layernorm_cpu(const torch::Tensor& x, const std::vector<int6
                                   c10::optional<torch::Tensor> out);
 // Multi-head attention over [B, G, N, H, D] strided views (csrc/attention_cpu.cpp). Returns [B, Nq, G, H, D].
 torch::Tensor attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+// Its kernel width ("avx512" / "avx2" / "baseline"); a non-empty name switches to it (tests: same bits at all).
+std::string attention_cpu_kernels(const std::string& use);
 // The same with AMX bf16 tiles (csrc/attention_amx.cpp): bf16 only, D <= 256, writes out [B, Nq, G, H, D] (any
 // strides, unit last-dim stride). Runs only where amx_bf16_available() (CPUID + the Linux tile-data permission).
 void attention_amx_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, torch::Tensor& out);
@@ -61,6 +63,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("eps"), pybind11::arg("out") = pybind11::none());
   m.def("attention_cpu", &attention_cpu, "softmax(q k^T * D^-0.5) v over [B, G, N, H, D] views on the CPU "
         "(OpenMP), returns [B, Nq, G, H, D]", pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"));
+  m.def("attention_cpu_kernels", &attention_cpu_kernels, "the kernel width attention_cpu runs (avx512, avx2, "
+        "baseline); a name switches to it first (it must run on this CPU)", pybind11::arg("use") = "");
   m.def("attention_amx_cpu", &attention_amx_cpu, "softmax(q k^T * D^-0.5) v over [B, G, N, H, D] bf16 views with "
         "AMX bf16 tiles (OpenMP), writes out [B, Nq, G, H, D]", pybind11::arg("q"), pybind11::arg("k"),
         pybind11::arg("v"), pybind11::arg("out"));

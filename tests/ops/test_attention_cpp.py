@@ -110,6 +110,51 @@ def test_result_does_not_depend_on_the_thread_count():
     assert torch.equal(one, attention(q, k, v, backend="cpp"))
 
 
+WIDTHS = ("avx512", "avx2", "baseline")  # csrc/attention_cpu.cpp's kernels, widest first
+
+
+def widths_this_cpu_runs(ext):
+    runs = []
+    for width in WIDTHS:
+        try:
+            ext.attention_cpu_kernels(width)
+            runs.append(width)
+        except RuntimeError as e:
+            assert "does not run" in str(e)
+    return runs
+
+
+# Key counts around each width's tiles (8, 16, 24 = 16 + 8, 32, 2W + W), head dims that leave P@V column passes
+# of 16 / 32 / 48 after the 64-column ones, query counts that leave a partial 4-row block.
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_every_kernel_width_gives_the_same_bits(dtype):
+    ext = attention_module.cpp_extension()
+    picked = ext.attention_cpu_kernels()
+    assert picked == widths_this_cpu_runs(ext)[0], "the default is not the widest kernel this CPU runs"
+    try:
+        runs = widths_this_cpu_runs(ext)
+        assert runs[-1] == "baseline"
+        if len(runs) < 2:
+            pytest.skip("this CPU runs only the baseline kernels: no other width to compare")
+        for Nk in (1, 7, 8, 9, 16, 17, 24, 31, 33, 40, 48, 56, 81):
+            for D in (9, 32, 48, 64, 80, 112, 130):
+                q, k, v = qkv(1, 1, 7, Nk, 2, D, dtype, scale=3.0)
+                outs = {}
+                for width in runs:
+                    ext.attention_cpu_kernels(width)
+                    outs[width] = attention(q, k, v, backend="cpp")
+                for width in runs[1:]:
+                    assert torch.equal(outs[width], outs[runs[0]]), f"{width} != {runs[0]} at Nk={Nk}, D={D}"
+    finally:
+        ext.attention_cpu_kernels(picked)
+
+
+def test_kernel_width_names_are_checked():
+    ext = attention_module.cpp_extension()
+    with pytest.raises(RuntimeError, match=r'use must be "avx512", "avx2" or "baseline", got "avx1024"'):
+        ext.attention_cpu_kernels("avx1024")
+
+
 def test_empty_batch_and_queries():
     for shape_q, shape_k in (((0, 1, 5, 2, 8), (0, 1, 7, 2, 8)), ((2, 1, 0, 2, 8), (2, 1, 7, 2, 8))):
         out = attention(torch.randn(shape_q), torch.randn(shape_k), torch.randn(shape_k), backend="cpp")
