@@ -25,7 +25,8 @@ def extension_modules():
 
     openmp = ["-fopenmp"]
     # -ffp-contract=off: no FMA contraction, so every target_clones variant rounds the same way.
-    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=off", *openmp]
+    # -g0: no debug info (Python's CFLAGS bring -g): 30% of the compile time and most of the .so's size.
+    cxx_flags = ["-O3", "-g0", "-std=c++17", "-ffp-contract=off", *openmp]
     if cu and torch.version.cuda is not None:
         ext = cpp_extension.CUDAExtension(
             "pyengine._C",

@@ -44,7 +44,7 @@
 #endif
 
 #include <ATen/MemoryOverlap.h>
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: that adds torch/all.h and pybind11, 4x the compile time
 
 #if PYENGINE_AMX_KERNEL
 #include <cpuid.h>

@@ -21,7 +21,7 @@
 // Kernel widths: 16-float vectors on AVX-512 CPUs, 8-float on AVX2 / baseline (attention_kernels(), below);
 // csrc/cpu_vec.h: target_clones for the row conversions, fp16 rows; -ffp-contract=off (no FMA contraction).
 #include <omp.h>
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: that adds torch/all.h and pybind11, 4x the compile time
 
 #include "cpu_vec.h"
 

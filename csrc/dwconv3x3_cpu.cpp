@@ -31,7 +31,7 @@
 // kMinParallelWork outputs). target_clones builds AVX-512 / AVX2 / baseline variants of the strip functions and
 // picks one at load time (-ffp-contract=off in setup.py, so no FMA: all variants round alike). All arithmetic is
 // fp32.
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: that adds torch/all.h and pybind11, 4x the compile time
 
 #include "cpu_vec.h"
 

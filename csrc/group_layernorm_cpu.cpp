@@ -39,7 +39,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <immintrin.h>
 #include <omp.h>
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: that adds torch/all.h and pybind11, 4x the compile time
 
 #include "cpu_vec.h"
 

@@ -14,7 +14,7 @@
 // Every inner loop runs along a contiguous axis (rows of the plane, or the rows r of a/z) in 8-float vectors;
 // csrc/cpu_vec.h has the multiversioning (target_clones) and the vector types. All arithmetic is fp32.
 #include <omp.h>
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: that adds torch/all.h and pybind11, 4x the compile time
 
 #include "cpu_vec.h"
 

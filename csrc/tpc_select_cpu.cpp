@@ -11,7 +11,7 @@
 //   With center >= 0 the centre is excluded from the ranking, keep - 1 others are chosen, and it is added back.
 // Distances are accumulated in 16 vectorisable partial sums (summed in double) and rounded to the input precision;
 // the selection equals the reference's wherever the scores are not within rounding of each other.
-#include <torch/extension.h>
+#include <torch/types.h>  // not torch/extension.h: that adds torch/all.h and pybind11, 4x the compile time
 
 #include "cpu_vec.h"
 
