@@ -26,7 +26,6 @@
 #include "cpu_vec.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -39,15 +38,12 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-// The score / softmax / P@V kernels come in two vector widths, picked once per process (attention_kernels()):
-// 16 floats (one AVX-512 register) on AVX-512 CPUs, 8 floats on AVX2 and baseline CPUs. One source on 16-float
-// vectors for all three targets (target_clones) was 3-5x slower than SDPA on an AVX2-only AMD Zen 3: GCC lowers
-// 64-byte vectors there through the stack (hundreds of spills per kernel). Both widths compute every element with
-// the same operations in the same order (scores and P@V along d / keys per element; the softmax sum over the same
-// 16 partial sums, reduced alike), so results are bit-identical across CPUs (tests/ops/test_attention_cpp.py
-// compares every width this CPU runs).
-#define PYENGINE_AVX512 __attribute__((target("avx512f")))
-#define PYENGINE_AVX2 __attribute__((target("avx2")))
+// The score / softmax / P@V kernels come in two vector widths (csrc/cpu_vec.h's KernelChoice): 16 floats (one
+// AVX-512 register) on AVX-512 CPUs, 8 floats on AVX2 and baseline CPUs (the 16-float source's AVX2 clone was
+// 3-5x slower than SDPA on an AVX2-only AMD Zen 3). Both widths compute every element with the same operations in
+// the same order (scores and P@V along d / keys per element; the softmax sum over the same 16 partial sums, reduced
+// alike), so results are bit-identical across CPUs (tests/ops/test_attention_cpp.py compares every width this CPU
+// runs).
 
 constexpr int64_t kRows = 4;                   // query rows per register tile
 constexpr int64_t kMinParallelWork = 1 << 15;  // multiply-adds below which one thread beats the fork/join
@@ -316,18 +312,10 @@ PYENGINE_ATTENTION_KERNELS(avx2, PYENGINE_AVX2, v8f, v8i)
 PYENGINE_ATTENTION_KERNELS(baseline, , v8f, v8i)
 #undef PYENGINE_ATTENTION_KERNELS
 
-bool cpu_runs(const AttentionKernels& k) {
-  if (&k == &kernels_avx512) return __builtin_cpu_supports("avx512f");
-  if (&k == &kernels_avx2) return __builtin_cpu_supports("avx2");
-  return true;
-}
-
-// The kernels run() uses: the widest this CPU runs, picked once (what target_clones' resolver does, with a vector
-// width per target); set_attention_cpu_kernels() swaps them (tests: every width gives the same bits).
-std::atomic<const AttentionKernels*>& attention_kernels() {
-  static std::atomic<const AttentionKernels*> k{cpu_runs(kernels_avx512) ? &kernels_avx512
-                                                : cpu_runs(kernels_avx2) ? &kernels_avx2
-                                                                         : &kernels_baseline};
+// The kernels run() uses: the widest this CPU runs (what target_clones' resolver does, with a vector width per
+// target); attention_cpu_kernels() below names or switches them.
+KernelChoice<AttentionKernels>& attention_kernels() {
+  static KernelChoice<AttentionKernels> k("attention_cpu_kernels", &kernels_avx512, &kernels_avx2, &kernels_baseline);
   return k;
 }
 
@@ -395,7 +383,7 @@ void run(const T* q, const T* k, const T* v, const Geometry& g, T* out) {
   const int64_t chunk = std::max<int64_t>(1, items / (threads * 16));
 
   constexpr bool is_f32 = std::is_same<T, float>::value;
-  const AttentionKernels& kern = *attention_kernels().load();
+  const AttentionKernels& kern = attention_kernels().get();
 
 #pragma omp parallel num_threads(threads)
   {
@@ -521,16 +509,4 @@ torch::Tensor attention_cpu(const torch::Tensor& q, const torch::Tensor& k, cons
 
 // The kernel width attention_cpu runs: "avx512", "avx2" or "baseline". With a name, switches to those kernels
 // first (they must run on this CPU). For tests and diagnosis: every width gives the same bits.
-std::string attention_cpu_kernels(const std::string& use) {
-  if (!use.empty()) {
-    const AttentionKernels* found = nullptr;
-    for (const AttentionKernels* k : {&kernels_avx512, &kernels_avx2, &kernels_baseline}) {
-      if (use == k->name) found = k;
-    }
-    TORCH_CHECK(found != nullptr, "attention_cpu_kernels: use must be \"avx512\", \"avx2\" or \"baseline\", got \"",
-                use, "\"");
-    TORCH_CHECK(cpu_runs(*found), "attention_cpu_kernels: this CPU does not run the ", use, " kernels");
-    attention_kernels().store(found);
-  }
-  return attention_kernels().load()->name;
-}
+std::string attention_cpu_kernels(const std::string& use) { return attention_kernels().use(use); }

@@ -22,6 +22,8 @@ void dwconv3x3_cpu(const torch::Tensor& x, const torch::Tensor& weight, const to
 torch::Tensor group_layernorm_cpu(const torch::Tensor& x, const std::vector<int64_t>& in_cols,
                                   const torch::Tensor& weight, const torch::Tensor& bias, double eps,
                                   c10::optional<torch::Tensor> out);
+// Its vector width ("avx512" / "avx2" / "baseline"); a non-empty name switches to it (tests: same bits at all).
+std::string group_layernorm_cpu_kernels(const std::string& use);
 // Multi-head attention over [B, G, N, H, D] strided views (csrc/attention_cpu.cpp). Returns [B, Nq, G, H, D].
 torch::Tensor attention_cpu(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 // Its kernel width ("avx512" / "avx2" / "baseline"); a non-empty name switches to it (tests: same bits at all).
@@ -61,6 +63,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("group_layernorm_cpu", &group_layernorm_cpu, "grouped LayerNorm of strided column slices on the CPU "
         "(OpenMP), returns (or writes) out [M, G*K]", pybind11::arg("x"), pybind11::arg("in_cols"),
         pybind11::arg("weight"), pybind11::arg("bias"), pybind11::arg("eps"), pybind11::arg("out") = pybind11::none());
+  m.def("group_layernorm_cpu_kernels", &group_layernorm_cpu_kernels, "the vector width group_layernorm_cpu runs "
+        "(avx512, avx2, baseline); a name switches to it first (it must run on this CPU)", pybind11::arg("use") = "");
   m.def("attention_cpu", &attention_cpu, "softmax(q k^T * D^-0.5) v over [B, G, N, H, D] views on the CPU "
         "(OpenMP), returns [B, Nq, G, H, D]", pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"));
   m.def("attention_cpu_kernels", &attention_cpu_kernels, "the kernel width attention_cpu runs (avx512, avx2, "

@@ -20,8 +20,10 @@
 //   3. y_j = ((x_j - mean) * rstd) * w_j + b_j, rounded once to the output dtype.
 // The sums run in four 16-lane accumulators (64 values a step), then 16 at a time, then a masked tail (K % 16
 // lanes, zeros beyond), combined (a0 + a1) + (a2 + a3) and reduced across lanes by halving: a fixed order that
-// depends only on K, so every row gives the same bits whatever the thread split, and -ffp-contract=off (setup.py)
-// keeps every target_clones variant (AVX-512 / AVX2 / baseline, csrc/cpu_vec.h) rounding alike.
+// depends only on K, so every row gives the same bits whatever the thread split. The kernels are templates over the
+// vector type (csrc/cpu_vec.h's KernelChoice): 16-float vectors on AVX-512 CPUs, 8-float on AVX2 / baseline ones,
+// where a 16-lane accumulator is two vectors (lanes 0-7, 8-15) and every operation acts on the same lanes, so with
+// -ffp-contract=off (setup.py) all widths give the same bits (tests/ops/test_group_layernorm.py compares them).
 //
 // fp32 slices are read from x and written straight into out. bf16 / fp16 slices are widened to an fp32 scratch
 // row, normalised there into a second one, and narrowed into out (per-thread scratch, in L1: the extra traffic is
@@ -33,9 +35,9 @@
 // once per call.
 //
 // Work split: OpenMP threads take contiguous blocks of rows (M * t / T .. M * (t + 1) / T), all G groups of a row
-// together; one thread below kMinParallelWork elements. Within a block, rows go two at a time through the sweeps
-// (norm_slices<2>: the latency of one row's reductions, divisions and square root overlaps the other row's work;
-// per row the operations are those of norm_slices<1>). No allocation per row.
+// together; one thread below kMinParallelWork elements. Within a block, the AVX-512 kernels take rows two at a
+// time through the sweeps (norm_slices<.., 2>: the latency of one row's reductions, divisions and square root
+// overlaps the other row's work; per row the operations are those of one row alone). No allocation per row.
 #include <ATen/MemoryOverlap.h>
 #include <immintrin.h>
 #include <omp.h>
@@ -57,6 +59,7 @@ typedef float v16f __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 
 constexpr int64_t kMinParallelWork = 1 << 15;  // elements below which one thread beats the fork/join cost
 
@@ -68,106 +71,152 @@ struct Geometry {
   float eps;
 };
 
-PYENGINE_INLINE v16f splat16(float v) { return v16f{} + v; }
+// 16 lanes held as H = 64 / sizeof(V) vectors V (v16f: one; v8f: lanes 0-7, then 8-15): the unit every sweep
+// below steps in, at both widths, so that a 16-float and an 8-float build do the same operations on the same lanes.
+template <typename V>
+struct L16 {
+  static constexpr int H = 64 / sizeof(V), W = 16 / H;
+  V h[H];
+};
 
-PYENGINE_INLINE v16f load16(const float* p) {
-  v16f v;
-  std::memcpy(&v, p, sizeof v);  // unaligned load
+#define GLN_L16_OP(OP)                                                          \
+  template <typename V>                                                         \
+  PYENGINE_INLINE L16<V> operator OP(L16<V> a, const L16<V>& b) {               \
+    for (int i = 0; i < L16<V>::H; ++i) a.h[i] = a.h[i] OP b.h[i];              \
+    return a;                                                                   \
+  }
+GLN_L16_OP(+)
+GLN_L16_OP(-)
+GLN_L16_OP(*)
+#undef GLN_L16_OP
+
+template <typename V>
+PYENGINE_INLINE L16<V> splat(float v) {
+  L16<V> s;
+  for (int i = 0; i < L16<V>::H; ++i) s.h[i] = V{} + v;
+  return s;
+}
+
+template <typename V>
+PYENGINE_INLINE L16<V> load16(const float* p) {
+  L16<V> v;
+  for (int i = 0; i < L16<V>::H; ++i) std::memcpy(&v.h[i], p + L16<V>::W * i, sizeof(V));  // unaligned loads
   return v;
 }
-PYENGINE_INLINE void store16(float* p, v16f v) { std::memcpy(p, &v, sizeof v); }
+
+template <typename V>
+PYENGINE_INLINE void store16(float* p, const L16<V>& v) {
+  for (int i = 0; i < L16<V>::H; ++i) std::memcpy(p + L16<V>::W * i, &v.h[i], sizeof(V));
+}
 
 // The first n < 16 values (zeros beyond) / store only the first n lanes.
-PYENGINE_INLINE v16f load_tail(const float* p, int64_t n) {
-  v16f v = {};
+template <typename V>
+PYENGINE_INLINE L16<V> load_tail(const float* p, int64_t n) {
+  L16<V> v = {};
   std::memcpy(&v, p, n * sizeof(float));
   return v;
 }
-PYENGINE_INLINE void store_tail(float* p, v16f v, int64_t n) { std::memcpy(p, &v, n * sizeof(float)); }
+template <typename V>
+PYENGINE_INLINE void store_tail(float* p, const L16<V>& v, int64_t n) { std::memcpy(p, &v, n * sizeof(float)); }
 
-// Sum of 16 lanes by halving (a fixed order).
-PYENGINE_INLINE float hsum16(v16f v) {
-  v8f a, b;
-  std::memcpy(&a, &v, sizeof a);
-  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
-  const v8f s8 = a + b;
+// The lanes < n of v, zeros beyond (VI: the integer vector of V's width).
+template <typename V, typename VI>
+PYENGINE_INLINE L16<V> first_lanes(const L16<V>& v, int64_t n) {
+  L16<V> out;
+  for (int i = 0; i < L16<V>::H; ++i) {
+    VI lane;
+    for (int l = 0; l < L16<V>::W; ++l) lane[l] = L16<V>::W * i + l;
+    out.h[i] = lane < static_cast<int32_t>(n) ? v.h[i] : V{};
+  }
+  return out;
+}
+
+// Sum of 16 lanes by halving (a fixed order, the same at both widths).
+PYENGINE_INLINE float hsum8(v8f s8) {
   v4f c, d;
   std::memcpy(&c, &s8, sizeof c);
   std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof c, sizeof d);
   const v4f s4 = c + d;
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
+PYENGINE_INLINE float hsum(const L16<v8f>& v) { return hsum8(v.h[0] + v.h[1]); }
+PYENGINE_INLINE float hsum(const L16<v16f>& v) {
+  v8f a, b;
+  std::memcpy(&a, &v.h[0], sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v.h[0]) + sizeof a, sizeof b);
+  return hsum8(a + b);
+}
 
 // R slices of one group (R rows: the same K, w, b): x[r][0..K) -> y[r][0..K) (see the header for the three
-// sweeps). Each row's arithmetic is the same whatever R; R = 2 interleaves two rows so that one row's dependent
-// chains (the accumulators, the lane reductions, the divisions and the square root) overlap the other's.
-template <int R>
+// sweeps). Each row's arithmetic is the same whatever R and V; R = 2 interleaves two rows so that one row's
+// dependent chains (the accumulators, the lane reductions, the divisions and the square root) overlap the other's.
+template <typename V, typename VI, int R>
 PYENGINE_INLINE void norm_slices(const float* const* x, int64_t K, const float* __restrict w,
                                  const float* __restrict b, float eps, float* const* y) {
-  const v16i lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  using L = L16<V>;
   const int64_t body = K & ~int64_t{15}, tail = K - body;
-  const v16i live = lane < static_cast<int32_t>(tail);
-  const v16f zero = {};
+  const L zero = {};
   const float kf = static_cast<float>(K);
 
   float pivot[R], mean[R], rstd[R];
-  v16f a[R][4], c[R];
+  L a[R][4], c[R];
   for (int r = 0; r < R; ++r) {
     pivot[r] = x[r][0];
-    c[r] = splat16(pivot[r]);
+    c[r] = splat<V>(pivot[r]);
     a[r][0] = a[r][1] = a[r][2] = a[r][3] = zero;
   }
   int64_t i = 0;
   for (; i + 64 <= K; i += 64) {
     for (int r = 0; r < R; ++r) {
-      a[r][0] += load16(x[r] + i) - c[r];
-      a[r][1] += load16(x[r] + i + 16) - c[r];
-      a[r][2] += load16(x[r] + i + 32) - c[r];
-      a[r][3] += load16(x[r] + i + 48) - c[r];
+      a[r][0] = a[r][0] + (load16<V>(x[r] + i) - c[r]);
+      a[r][1] = a[r][1] + (load16<V>(x[r] + i + 16) - c[r]);
+      a[r][2] = a[r][2] + (load16<V>(x[r] + i + 32) - c[r]);
+      a[r][3] = a[r][3] + (load16<V>(x[r] + i + 48) - c[r]);
     }
   }
   for (; i < body; i += 16) {
-    for (int r = 0; r < R; ++r) a[r][0] += load16(x[r] + i) - c[r];
+    for (int r = 0; r < R; ++r) a[r][0] = a[r][0] + (load16<V>(x[r] + i) - c[r]);
   }
   for (int r = 0; r < R; ++r) {
-    if (tail) a[r][1] += live ? load_tail(x[r] + body, tail) - c[r] : zero;
-    mean[r] = pivot[r] + hsum16((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) / kf;
-    c[r] = splat16(mean[r]);
+    if (tail) a[r][1] = a[r][1] + first_lanes<V, VI>(load_tail<V>(x[r] + body, tail) - c[r], tail);
+    mean[r] = pivot[r] + hsum((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) / kf;
+    c[r] = splat<V>(mean[r]);
     a[r][0] = a[r][1] = a[r][2] = a[r][3] = zero;
   }
 
   for (i = 0; i + 64 <= K; i += 64) {
     for (int r = 0; r < R; ++r) {
-      const v16f d0 = load16(x[r] + i) - c[r], d1 = load16(x[r] + i + 16) - c[r];
-      const v16f d2 = load16(x[r] + i + 32) - c[r], d3 = load16(x[r] + i + 48) - c[r];
-      a[r][0] += d0 * d0, a[r][1] += d1 * d1, a[r][2] += d2 * d2, a[r][3] += d3 * d3;
+      const L d0 = load16<V>(x[r] + i) - c[r], d1 = load16<V>(x[r] + i + 16) - c[r];
+      const L d2 = load16<V>(x[r] + i + 32) - c[r], d3 = load16<V>(x[r] + i + 48) - c[r];
+      a[r][0] = a[r][0] + d0 * d0, a[r][1] = a[r][1] + d1 * d1;
+      a[r][2] = a[r][2] + d2 * d2, a[r][3] = a[r][3] + d3 * d3;
     }
   }
   for (; i < body; i += 16) {
     for (int r = 0; r < R; ++r) {
-      const v16f d = load16(x[r] + i) - c[r];
-      a[r][0] += d * d;
+      const L d = load16<V>(x[r] + i) - c[r];
+      a[r][0] = a[r][0] + d * d;
     }
   }
   for (int r = 0; r < R; ++r) {
     if (tail) {
-      const v16f d = live ? load_tail(x[r] + body, tail) - c[r] : zero;
-      a[r][1] += d * d;
+      const L d = first_lanes<V, VI>(load_tail<V>(x[r] + body, tail) - c[r], tail);
+      a[r][1] = a[r][1] + d * d;
     }
-    const float var = hsum16((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) / kf;
+    const float var = hsum((a[r][0] + a[r][1]) + (a[r][2] + a[r][3])) / kf;
     rstd[r] = 1.0f / std::sqrt(var + eps);
   }
 
-  v16f rv[R];
-  for (int r = 0; r < R; ++r) rv[r] = splat16(rstd[r]);
+  L rv[R];
+  for (int r = 0; r < R; ++r) rv[r] = splat<V>(rstd[r]);
   for (i = 0; i < body; i += 16) {
-    const v16f wv = load16(w + i), bv = load16(b + i);
-    for (int r = 0; r < R; ++r) store16(y[r] + i, ((load16(x[r] + i) - c[r]) * rv[r]) * wv + bv);
+    const L wv = load16<V>(w + i), bv = load16<V>(b + i);
+    for (int r = 0; r < R; ++r) store16<V>(y[r] + i, ((load16<V>(x[r] + i) - c[r]) * rv[r]) * wv + bv);
   }
   if (tail) {
-    const v16f wv = load_tail(w + body, tail), bv = load_tail(b + body, tail);
+    const L wv = load_tail<V>(w + body, tail), bv = load_tail<V>(b + body, tail);
     for (int r = 0; r < R; ++r) {
-      store_tail(y[r] + body, ((load_tail(x[r] + body, tail) - c[r]) * rv[r]) * wv + bv, tail);
+      store_tail<V>(y[r] + body, ((load_tail<V>(x[r] + body, tail) - c[r]) * rv[r]) * wv + bv, tail);
     }
   }
 }
@@ -216,32 +265,35 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16"))) void fl
 
 typedef void (*NarrowBf16)(const float*, int64_t, c10::BFloat16*);
 
-// Rows r0 .. r1, two at a time (then one), each with all G groups: load(r, m, k) returns the fp32 slice of group k
+// Rows r0 .. r1, R at a time (then one), each with all G groups: load(r, m, k) returns the fp32 slice of group k
 // in row m (converting it into scratch where needed) and points y[r] at where its result goes; store(r, m, k) then
 // takes that result.
-template <typename Load, typename Store>
+template <typename V, typename VI, int R, typename Load, typename Store>
 PYENGINE_INLINE void rows_impl(const Geometry& g, int64_t r0, int64_t r1, float* const* y, Load load, Store store) {
   int64_t m = r0;
-  for (; m + 2 <= r1; m += 2) {
-    for (int64_t k = 0; k < g.G; ++k) {
-      const float* x[2] = {load(0, m, k), load(1, m + 1, k)};
-      norm_slices<2>(x, g.K, g.w + k * g.K, g.b + k * g.K, g.eps, y);
-      store(0, m, k), store(1, m + 1, k);
+  if constexpr (R == 2) {
+    for (; m + 2 <= r1; m += 2) {
+      for (int64_t k = 0; k < g.G; ++k) {
+        const float* x[2] = {load(0, m, k), load(1, m + 1, k)};
+        norm_slices<V, VI, 2>(x, g.K, g.w + k * g.K, g.b + k * g.K, g.eps, y);
+        store(0, m, k), store(1, m + 1, k);
+      }
     }
   }
   for (; m < r1; ++m) {
     for (int64_t k = 0; k < g.G; ++k) {
       const float* x[1] = {load(0, m, k)};
-      norm_slices<1>(x, g.K, g.w + k * g.K, g.b + k * g.K, g.eps, y);
+      norm_slices<V, VI, 1>(x, g.K, g.w + k * g.K, g.b + k * g.K, g.eps, y);
       store(0, m, k);
     }
   }
 }
 
 // fp32: read from x, written straight into out.
-PYENGINE_CLONES void rows_f32(const Geometry& g, int64_t r0, int64_t r1, const float* x, float* out) {
+template <typename V, typename VI, int R>
+PYENGINE_INLINE void rows_f32(const Geometry& g, int64_t r0, int64_t r1, const float* x, float* out) {
   float* y[2] = {};
-  rows_impl(
+  rows_impl<V, VI, R>(
       g, r0, r1, y,
       [&](int r, int64_t m, int64_t k) {
         y[r] = out + m * g.ldo + k * g.K;
@@ -252,10 +304,11 @@ PYENGINE_CLONES void rows_f32(const Geometry& g, int64_t r0, int64_t r1, const f
 
 // bf16 / fp16: slices widened into xs[r] = scratch[r K, (r + 1) K), normalised into y[r] = scratch[(2 + r) K,
 // (3 + r) K), narrowed into out.
-PYENGINE_CLONES void rows_bf16(const Geometry& g, int64_t r0, int64_t r1, const c10::BFloat16* x,
+template <typename V, typename VI, int R>
+PYENGINE_INLINE void rows_bf16(const Geometry& g, int64_t r0, int64_t r1, const c10::BFloat16* x,
                                c10::BFloat16* out, float* scratch, NarrowBf16 narrow) {
   float* const y[2] = {scratch + 2 * g.K, scratch + 3 * g.K};
-  rows_impl(
+  rows_impl<V, VI, R>(
       g, r0, r1, y,
       [&](int r, int64_t m, int64_t k) {
         bf16_row_to_float(x + m * g.lda + g.in_cols[k], g.K, scratch + r * g.K);
@@ -264,16 +317,51 @@ PYENGINE_CLONES void rows_bf16(const Geometry& g, int64_t r0, int64_t r1, const 
       [&](int r, int64_t m, int64_t k) { narrow(y[r], g.K, out + m * g.ldo + k * g.K); });
 }
 
-PYENGINE_CLONES void rows_f16(const Geometry& g, int64_t r0, int64_t r1, const c10::Half* x, c10::Half* out,
+template <typename V, typename VI, int R>
+PYENGINE_INLINE void rows_f16(const Geometry& g, int64_t r0, int64_t r1, const c10::Half* x, c10::Half* out,
                               float* scratch) {
   float* const y[2] = {scratch + 2 * g.K, scratch + 3 * g.K};
-  rows_impl(
+  rows_impl<V, VI, R>(
       g, r0, r1, y,
       [&](int r, int64_t m, int64_t k) {
         half_row_to_float(x + m * g.lda + g.in_cols[k], g.K, scratch + r * g.K);
         return static_cast<const float*>(scratch + r * g.K);
       },
       [&](int r, int64_t m, int64_t k) { float_row_to_half(y[r], g.K, out + m * g.ldo + k * g.K); });
+}
+
+struct RowKernels {
+  const char* name;
+  void (*f32)(const Geometry&, int64_t, int64_t, const float*, float*);
+  void (*bf16)(const Geometry&, int64_t, int64_t, const c10::BFloat16*, c10::BFloat16*, float*, NarrowBf16);
+  void (*f16)(const Geometry&, int64_t, int64_t, const c10::Half*, c10::Half*, float*);
+};
+
+// One instantiation per target (ATTR empty: the build's own flags, SSE2 on x86-64). R: rows interleaved; 8-float
+// kernels take one row at a time (two rows' 2 x 8 accumulators would fill all 16 AVX2 registers).
+#define GLN_ROW_KERNELS(NAME, ATTR, V, VI, R)                                                                    \
+  ATTR void rows_f32_##NAME(const Geometry& g, int64_t r0, int64_t r1, const float* x, float* out) {            \
+    rows_f32<V, VI, R>(g, r0, r1, x, out);                                                                      \
+  }                                                                                                              \
+  ATTR void rows_bf16_##NAME(const Geometry& g, int64_t r0, int64_t r1, const c10::BFloat16* x,                 \
+                             c10::BFloat16* out, float* scratch, NarrowBf16 narrow) {                           \
+    rows_bf16<V, VI, R>(g, r0, r1, x, out, scratch, narrow);                                                    \
+  }                                                                                                              \
+  ATTR void rows_f16_##NAME(const Geometry& g, int64_t r0, int64_t r1, const c10::Half* x, c10::Half* out,      \
+                            float* scratch) {                                                                    \
+    rows_f16<V, VI, R>(g, r0, r1, x, out, scratch);                                                             \
+  }                                                                                                              \
+  constexpr RowKernels row_kernels_##NAME{#NAME, rows_f32_##NAME, rows_bf16_##NAME, rows_f16_##NAME};
+
+GLN_ROW_KERNELS(avx512, PYENGINE_AVX512, v16f, v16i, 2)
+GLN_ROW_KERNELS(avx2, PYENGINE_AVX2, v8f, v8i, 1)
+GLN_ROW_KERNELS(baseline, , v8f, v8i, 1)
+#undef GLN_ROW_KERNELS
+
+KernelChoice<RowKernels>& row_kernels() {
+  static KernelChoice<RowKernels> k("group_layernorm_cpu_kernels", &row_kernels_avx512, &row_kernels_avx2,
+                                    &row_kernels_baseline);
+  return k;
 }
 
 template <typename T>
@@ -283,18 +371,19 @@ void run(const Geometry& g, const T* x, T* out) {
   const int64_t work = g.M * g.G * g.K;
   const int64_t threads =
       work >= kMinParallelWork ? std::min<int64_t>(std::max(1, omp_get_max_threads()), g.M) : 1;
+  const RowKernels& kern = row_kernels().get();
 #pragma omp parallel num_threads(threads)
   {
     const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t r0 = g.M * t / nt, r1 = g.M * (t + 1) / nt;
     if constexpr (std::is_same_v<T, float>) {
-      rows_f32(g, r0, r1, x, out);
+      kern.f32(g, r0, r1, x, out);
     } else {
       std::vector<float> scratch(4 * g.K);  // xs[2], ys[2]: one per thread and call
       if constexpr (std::is_same_v<T, c10::BFloat16>) {
-        rows_bf16(g, r0, r1, x, out, scratch.data(), narrow_bf16);
+        kern.bf16(g, r0, r1, x, out, scratch.data(), narrow_bf16);
       } else {
-        rows_f16(g, r0, r1, x, out, scratch.data());
+        kern.f16(g, r0, r1, x, out, scratch.data());
       }
     }
   }
@@ -359,3 +448,7 @@ torch::Tensor group_layernorm_cpu(const torch::Tensor& x, const std::vector<int6
   }
   return y;
 }
+
+// The vector width group_layernorm_cpu runs: "avx512", "avx2" or "baseline". With a name, switches to those
+// kernels first (they must run on this CPU). For tests and diagnosis: every width gives the same bits.
+std::string group_layernorm_cpu_kernels(const std::string& use) { return gln::row_kernels().use(use); }

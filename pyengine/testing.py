@@ -193,3 +193,40 @@ class HostSyncRecorder:
 
     def __exit__(self, *exc):
         return self._mode.__exit__(*exc)
+
+
+CPU_KERNEL_WIDTHS = ("avx512", "avx2", "baseline")  # csrc/cpu_vec.h's KernelChoice sets, widest first
+
+
+def same_bits_at_every_cpu_width(switch, run) -> list:
+    """Assert that a C++ CPU kernel gives the same bits at every vector width this CPU runs. ``switch`` is the
+    kernel's ``pyengine._C.*_kernels(use)`` entry point (``use=""`` names the width in use, a width name switches to
+    it, raising ``RuntimeError`` "... does not run ..." where this CPU cannot); ``run()`` returns a tensor or a list
+    of tensors. Checks that the width in use is the widest this CPU runs, compares every other width's results with
+    it (``torch.equal``) and switches back; returns the widths compared, widest first."""
+    start = switch("")
+    widths = []
+    try:
+        for width in CPU_KERNEL_WIDTHS:
+            try:
+                switch(width)
+            except RuntimeError as e:
+                if "does not run" not in str(e):
+                    raise
+                continue
+            widths.append(width)
+        assert widths and widths[-1] == "baseline", f"the baseline kernels must run anywhere, got {widths}"
+        assert start == widths[0], f"the kernel ran {start!r}, not the widest this CPU runs ({widths[0]!r})"
+        want = None
+        for width in widths:
+            switch(width)
+            got = run()
+            got = list(got) if isinstance(got, (list, tuple)) else [got]
+            if want is None:
+                want = got
+                continue
+            for i, (g, w) in enumerate(zip(got, want)):
+                assert torch.equal(g, w), f"result {i}: the {width} kernels differ from the {widths[0]} ones"
+    finally:
+        switch(start)
+    return widths

@@ -12,7 +12,7 @@ import torch
 
 from pyengine.backends import BackendUnavailableError
 from pyengine.ops.attention import attention, attention_cpp_op, attention_ref
-from pyengine.testing import assert_close, fused_qkv_views
+from pyengine.testing import assert_close, fused_qkv_views, same_bits_at_every_cpu_width
 
 attention_module = importlib.import_module("pyengine.ops.attention")  # pyengine.ops.attention is the function
 
@@ -110,43 +110,16 @@ def test_result_does_not_depend_on_the_thread_count():
     assert torch.equal(one, attention(q, k, v, backend="cpp"))
 
 
-WIDTHS = ("avx512", "avx2", "baseline")  # csrc/attention_cpu.cpp's kernels, widest first
-
-
-def widths_this_cpu_runs(ext):
-    runs = []
-    for width in WIDTHS:
-        try:
-            ext.attention_cpu_kernels(width)
-            runs.append(width)
-        except RuntimeError as e:
-            assert "does not run" in str(e)
-    return runs
-
-
 # Key counts around each width's tiles (8, 16, 24 = 16 + 8, 32, 2W + W), head dims that leave P@V column passes
 # of 16 / 32 / 48 after the 64-column ones, query counts that leave a partial 4-row block.
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_every_kernel_width_gives_the_same_bits(dtype):
-    ext = attention_module.cpp_extension()
-    picked = ext.attention_cpu_kernels()
-    assert picked == widths_this_cpu_runs(ext)[0], "the default is not the widest kernel this CPU runs"
-    try:
-        runs = widths_this_cpu_runs(ext)
-        assert runs[-1] == "baseline"
-        if len(runs) < 2:
-            pytest.skip("this CPU runs only the baseline kernels: no other width to compare")
-        for Nk in (1, 7, 8, 9, 16, 17, 24, 31, 33, 40, 48, 56, 81):
-            for D in (9, 32, 48, 64, 80, 112, 130):
-                q, k, v = qkv(1, 1, 7, Nk, 2, D, dtype, scale=3.0)
-                outs = {}
-                for width in runs:
-                    ext.attention_cpu_kernels(width)
-                    outs[width] = attention(q, k, v, backend="cpp")
-                for width in runs[1:]:
-                    assert torch.equal(outs[width], outs[runs[0]]), f"{width} != {runs[0]} at Nk={Nk}, D={D}"
-    finally:
-        ext.attention_cpu_kernels(picked)
+    cases = [qkv(1, 1, 7, Nk, 2, D, dtype, scale=3.0) for Nk in (1, 7, 8, 9, 16, 17, 24, 31, 33, 40, 48, 56, 81)
+             for D in (9, 32, 48, 64, 80, 112, 130)]
+    widths = same_bits_at_every_cpu_width(attention_module.cpp_extension().attention_cpu_kernels,
+                                          lambda: [attention(q, k, v, backend="cpp") for q, k, v in cases])
+    if len(widths) < 2:
+        pytest.skip(f"this CPU runs only the {widths[0]} kernels: no other width to compare")
 
 
 def test_kernel_width_names_are_checked():

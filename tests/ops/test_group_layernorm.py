@@ -11,7 +11,7 @@ import torch
 
 from pyengine.backends import BackendUnavailableError, cpp_extension
 from pyengine.ops.group_layernorm import _backward, group_layernorm, group_layernorm_op, group_layernorm_ref
-from pyengine.testing import FLOOR, assert_close, rel_error
+from pyengine.testing import FLOOR, assert_close, rel_error, same_bits_at_every_cpu_width
 
 pytestmark = pytest.mark.skipif(not hasattr(cpp_extension(), "group_layernorm_cpu"),
                                 reason="pyengine._C built without csrc/group_layernorm_cpu.cpp")
@@ -132,6 +132,26 @@ def test_rows_alone_match_rows_in_pairs(dtype):
     full = group_layernorm(x, w, b, eps=1e-5)
     for m in range(7):
         assert torch.equal(group_layernorm(x[m:m + 1], w, b, eps=1e-5), full[m:m + 1]), m
+
+
+# K around the 16-lane steps and the 64-value sweeps (tails of 1 .. 15 lanes), odd and even row counts (rows in
+# pairs on AVX-512, one at a time on AVX2 / baseline), a large mean offset, strided groups.
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_every_kernel_width_gives_the_same_bits(dtype):
+    cases = [(make(M, G * K + 3, G, K, dtype, seed=K, offset=off), [3 + g * K for g in range(G)][::-1])
+             for M, K, G, off in ((7, 1, 1, 0.5), (6, 15, 3, 0.5), (5, 16, 1, 100.0), (9, 17, 2, 0.5), (4, 63, 1, 0.5),
+                                  (3, 64, 3, 0.5), (8, 81, 3, 1e3), (11, 351, 1, 0.5), (6, 512, 3, 0.5),
+                                  (5, 1000, 1, 0.5))]
+    widths = same_bits_at_every_cpu_width(
+        cpp_extension().group_layernorm_cpu_kernels,
+        lambda: [group_layernorm(x, w, b, in_cols=cols, eps=1e-5) for (x, w, b), cols in cases])
+    if len(widths) < 2:
+        pytest.skip(f"this CPU runs only the {widths[0]} kernels: no other width to compare")
+
+
+def test_kernel_width_names_are_checked():
+    with pytest.raises(RuntimeError, match=r'use must be "avx512", "avx2" or "baseline", got "sse"'):
+        cpp_extension().group_layernorm_cpu_kernels("sse")
 
 
 def test_empty_rows():
