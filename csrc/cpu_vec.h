@@ -65,7 +65,6 @@ PYENGINE_INLINE V loadv(const float* p) {
 }
 #endif
 
-
 // Kernels written per vector width. One source on 16-float vectors compiled for AVX2 by target_clones lowers its
 // vectors through the stack (GCC: hundreds of spills per kernel, 2-5x slower), so the attention and LayerNorm
 // kernels are templates over the vector type, instantiated once per ISA into a Set of function pointers (a struct
