@@ -40,6 +40,10 @@ class ArchSpec:
     # Submodules a fused bf16 / fp16 model loaded by pyengine.load keeps in float32 (its precision policy), and why.
     fp32_modules: Tuple = ()
     fp32_why: str = ""
+    # ...and whether, in a bf16 model on CPU, those modules still run their GEMMs in bf16 (weights cast once;
+    # LayerNorm, residual stream and the rest float32): the fp32 weights' memory traffic, not their arithmetic, was
+    # the cost.
+    fp32_modules_bf16_gemms: bool = False
 
     @property
     def family(self):
@@ -341,14 +345,18 @@ _MHF_WATCHED = ((r"Transformer_encoder_\d", "MHG encoder"), (r"embedding_\d", "e
                 (r"Transformer_hypothesis\.SHR_blocks\.\d+", "SHR block"),
                 (r"Transformer_hypothesis\.CHI_blocks\.0", "CHI block"), (r"regression", "regression"))
 # MHFormer's MHG: its LayerNorms normalise each (joint, coordinate) row across time and its cascade residual
-# (x + encoder(LN(x))) carries the poses themselves; in bf16 it is the model's largest error. Measured (random
-# weights, AMX Xeon, benchmarks/results/2026-12-02-cpu-amx.md): MHFormer-81 b16 relative error 1.26e-2 -> 6.7e-3
-# with the MHG in fp32 at the same speed; MHFormer-351 b2 1.3e-2 -> 6.6e-3 at ~+12% time.
+# (x + encoder(LN(x))) carries the poses themselves; in bf16 it is the model's largest error. So a bf16 MHFormer keeps
+# the MHG's LayerNorms and residual stream in float32. Its GEMMs run in bf16 on CPU all the same: with fp32 weights
+# (47 MB at F = 351) the model's weights no longer fitted the ~64 MB this VM's L3 holds, and every GEMM of the model
+# waited on DRAM. Measured (random weights, AMX Xeon, benchmarks/results/2026-12-02-cpu-amx-mixed.md), relative
+# error / time: MHFormer-351 b2 all-bf16 MHG 1.3e-2; fp32 MHG 6.7e-3 / 58 ms; fp32 MHG with bf16 GEMMs
+# 8.4e-3-9.3e-3 / 50 ms (OpenVINO bf16: 1.0e-2-1.15e-2 / 49 ms).
 _MHF_FP32 = dict(fp32_modules=("norm_1", "norm_2", "norm_3", "Transformer_encoder_1", "Transformer_encoder_2",
                                "Transformer_encoder_3"),
-                 fp32_why="MHG encoders (LayerNorm across time, the cascade residual carrying the poses) in float32: in "
-                          "bf16 they raise MHFormer-81's relative error from 6.7e-3 to 1.26e-2 (random weights; "
-                          "benchmarks/results/2026-12-02-cpu-amx.md)")
+                 fp32_modules_bf16_gemms=True,
+                 fp32_why="MHG encoders (LayerNorm across time, the cascade residual carrying the poses) in float32, "
+                          "their GEMMs in bf16 on CPU: an all-bf16 MHG raises MHFormer-351's relative error from "
+                          "8.4e-3-9.3e-3 to 1.3e-2 (random weights; benchmarks/results/2026-12-02-cpu-amx-mixed.md)")
 _MIX_WATCHED = ((r"STEblocks\.\d+", "spatial block"), (r"TTEblocks\.\d+", "temporal block"),
                 (r"cross_attention", "TRA"), (r"head", "head"))
 _SUSA_WATCHED = ((r"(branch2\.[02]\.)?(hconv|wconv)", "SUSA"), (r"branch2\.[02]", "SUSA"),

@@ -37,7 +37,7 @@ from .ops.dwconv3x3 import dwconv3x3_ref
 from .ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from .ops.gather_tokens import gather_tokens
 from .ops.layernorm import layernorm, layernorm_ref
-from .ops.ln_linear import ln_linear, ln_linear_aten, ln_linear_ref
+from .ops.ln_linear import WeightCasts, ln_linear, ln_linear_aten, ln_linear_ref
 from .ops.onednn_linear import (DTYPES as ONEDNN_DTYPES, PackedWeights, _time_once, onednn_available,
                                  onednn_bf16_missing, onednn_bf16_native, onednn_bf16_runs, onednn_linear_prepacked)
 from .ops.susa import run_prepared as susa_prepared
@@ -315,22 +315,39 @@ def sdpa_attention(q, k, v):
 class Ops:
     """The resolved kernels of one model on one device; modules call ops through this."""
 
-    def __init__(self, backend: str, device, allow_tf32: bool = False, dtype=None):
+    def __init__(self, backend: str, device, allow_tf32: bool = False, dtype=None, gemm_dtype=None):
         self.backend, self.device, self.allow_tf32 = backend, torch.device(device), allow_tf32
         self.choice = resolve(backend, device, dtype)
+        # Mixed precision (a float32 part of a bf16 model: arch.ArchSpec.fp32_modules_bf16_gemms): its GEMMs run in
+        # gemm_dtype, LayerNorm, residuals and everything else in dtype. Only the ATen / oneDNN GEMM path does this.
+        self.gemm_dtype = None
+        if gemm_dtype is not None and gemm_dtype != dtype and self.choice["ln_linear"].impl in ("aten", "onednn"):
+            self.gemm_dtype = gemm_dtype
+            if backend == "auto" and self.device.type == "cpu":
+                self.choice["ln_linear"] = cpu_gemm_choice(gemm_dtype)
+            c = self.choice["ln_linear"]
+            self.choice["ln_linear"] = Choice(c.op, c.impl, f"{c.why}; mixed precision: GEMM operands rounded to "
+                                              f"{str(gemm_dtype).removeprefix('torch.')} (weights cast once), "
+                                              f"LayerNorm and residuals in {str(dtype).removeprefix('torch.')}",
+                                              c.detail)
+        self.weight_casts = WeightCasts()  # the weights in gemm_dtype (ops/ln_linear.py)
         if self.device.type == "cpu" and backend != "reference":
             keep_cpu_heap()  # activations reused between forwards, not page-faulted afresh (pyengine/cpu_heap.py)
         self.onednn_packs = PackedWeights()  # this module's prepacked bf16 weights (ops/onednn_linear.py)
         self.impl = {op: c.impl for op, c in self.choice.items()}
 
-    def ln_linear(self, x, weight, bias=None, **kw):
+    def ln_linear(self, x, weight, bias=None, out=None, **kw):
+        """``pyengine::ln_linear`` on this backend; ``out`` (inference only): the result written into it (any row
+        stride; it may be the residual itself), in place on the ATen / oneDNN path, else a copy."""
         impl = self.impl["ln_linear"]
         if impl in ("aten", "onednn"):
             return ln_linear_aten(x, weight, bias, gemm=impl, packs=self.onednn_packs if impl == "onednn" else None,
-                                  **kw)
+                                  compute_dtype=self.gemm_dtype, casts=self.weight_casts, out=out, **kw)
         if impl == "reference":
-            return ln_linear_ref(x, weight, bias, **kw)
-        return ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)
+            y = ln_linear_ref(x, weight, bias, **kw)
+        else:
+            y = ln_linear(x, weight, bias, allow_tf32=self.allow_tf32, backend=impl, **kw)
+        return y if out is None else out.copy_(y)
 
     def ln_linear_groups(self, x, weight, bias=None, **kw):
         """:meth:`ln_linear`'s G group outputs ``[M, N]`` as a list, not concatenated (ATen / oneDNN: no concat is
@@ -338,7 +355,7 @@ class Ops:
         impl = self.impl["ln_linear"]
         if impl in ("aten", "onednn"):
             return ln_linear_aten(x, weight, bias, gemm=impl, packs=self.onednn_packs if impl == "onednn" else None,
-                                  split=True, **kw)
+                                  split=True, compute_dtype=self.gemm_dtype, casts=self.weight_casts, **kw)
         return list(self.ln_linear(x, weight, bias, **kw).split(weight.shape[1], dim=1))
 
     def layernorm(self, x, weight, bias, **kw):

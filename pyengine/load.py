@@ -23,6 +23,7 @@ class LoadInfo:
     backend_reason: str = ""
     fp32_modules: tuple = ()  # submodules kept float32 in a bf16 / fp16 model (the arch's precision policy)
     fp32_why: str = ""
+    fp32_bf16_gemms: bool = False  # ...whose GEMMs run in bf16 on CPU (weights cast once)
 
     def __str__(self):
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.config.items())
@@ -150,7 +151,8 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
     device:  where the model lives; None means CUDA when available, else CPU. Inputs must be on that device.
     dtype:   the parameter dtype (default float32). Inputs of any float dtype are cast to it, and outputs are
              returned in the input's dtype. A fused bf16 / fp16 model keeps the parts its architecture names in
-             float32 (``arch.ArchSpec.fp32_modules``: MHFormer's MHG encoders), listed with why in ``report()``.
+             float32 (``arch.ArchSpec.fp32_modules``: MHFormer's MHG encoders; in bf16 on CPU their GEMMs still run
+             in bf16, ``fp32_modules_bf16_gemms``), listed with why in ``report()``.
     backend: "auto" | "reference" | "triton" | "cuda" | "cpp" (see ``pyengine.dispatch``): the kernels every op
              runs on. An explicit backend that cannot run here raises ``BackendUnavailableError`` saying why;
              ``model.report()`` lists the kernel of every op and why it was chosen.
@@ -221,10 +223,13 @@ def load(obj, *, arch=None, device=None, dtype=torch.float32, backend="auto", al
         for t in (*model.parameters(), *model.buffers()):
             if t.is_floating_point():
                 t.data = t.data.to(torch.float32 if id(t) in fp32 else dtype)
+        if spec.fp32_modules_bf16_gemms and dtype == torch.bfloat16:
+            model.fp32_gemm_dtype = torch.bfloat16  # the fused model applies it while it is in bf16, on CPU
     if fused:
         engine.set_backend(model, backend, allow_tf32)
     model.pyengine = LoadInfo(arch, kwargs, reason, backend, ckpt.format, ckpt.source, ckpt.notes, why, kept,
-                              spec.fp32_why if kept else "")
+                              spec.fp32_why if kept else "",
+                              bool(kept) and spec.fp32_modules_bf16_gemms and dtype == torch.bfloat16)
     if not hasattr(model, "report"):
         model.report = lambda: engine.report(model)
     if cuda_graphs and torch.device(device).type == "cuda" and fused:

@@ -18,14 +18,15 @@ class Fused(nn.Module):
     backend = "auto"
     allow_tf32 = False
 
-    def ops_for(self, x: torch.Tensor) -> Ops:
+    def ops_for(self, x: torch.Tensor, gemm_dtype=None) -> Ops:
+        """The ops for input ``x``; ``gemm_dtype``: mixed precision, GEMMs in that dtype (``dispatch.Ops``)."""
         cache = self.__dict__.setdefault("_ops_cache", {})
         # The compute dtype is the module's (inputs are cast to it inside the forward; an fp32 pose may enter a
         # bf16 model): auto's CPU GEMM is chosen per dtype, and an fp64 model runs SDPA attention.
         dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), x.dtype)
-        key = (self.backend, x.device, dtype, self.allow_tf32)
+        key = (self.backend, x.device, dtype, self.allow_tf32, gemm_dtype)
         if key not in cache:
-            cache[key] = Ops(self.backend, x.device, self.allow_tf32, dtype)
+            cache[key] = Ops(self.backend, x.device, self.allow_tf32, dtype, gemm_dtype)
         return cache[key]
 
     def set_backend(self, backend: str, allow_tf32: bool = False):

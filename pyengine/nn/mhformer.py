@@ -6,9 +6,9 @@ and loads the published state_dicts; only ``forward`` changes. Inside the model 
 launch per stage over all three, the hypothesis-mixing MLP reads the buffer without a concat, and the TPC
 selection and gather see ``cat(x1, x2, x3)`` for free.
 
-Launches per SHR block: LN+QKV (3 hypotheses, one launch; on ATen / oneDNN one GEMM each, no concat), attention
-(one; there one per hypothesis, each writing its slice of the output), proj+residual (one),
-LN+fc1+GELU (one), fc2+residual (one). CHI: three sequential steps of LN+QKV, attention, proj+residual, then the
+Launches per SHR block: LN+QKV (3 hypotheses, one launch), attention (one), proj+residual (one), LN+fc1+GELU
+(one), fc2+residual (one); on ATen / oneDNN (one GEMM per hypothesis anyway) one hypothesis at a time, LN+QKV,
+attention, proj+residual written into its column block of the next buffer. CHI: three sequential steps of LN+QKV, attention, proj+residual, then the
 MLP. MHG encoder block: LN+QKV, attention (34 tokens, head_dim F/9 padded in-kernel), proj+residual,
 LN+fc1+GELU, fc2+residual; the encoder's input LN + pos_embed and its final LN + outer residual are one
 LayerNorm launch each. The F=27 BatchNorm embeddings and the regression BatchNorm are folded into the
@@ -35,9 +35,10 @@ class MHGEncoder(Fused, ref.MHGEncoder):
 
     report_parts = {"4 blocks over 34 tokens": ("ln_linear", "attention")}
 
-    def encode_residual(self, x, norm):
-        """``x + self(norm(x))`` for rows ``x [B*34, F]`` (the cascade step of MHFormer's MHG)."""
-        ops = self.ops_for(x)
+    def encode_residual(self, x, norm, gemm_dtype=None):
+        """``x + self(norm(x))`` for rows ``x [B*34, F]`` (the cascade step of MHFormer's MHG); ``gemm_dtype``: the
+        GEMMs' dtype where it is not x's (mixed precision, ``dispatch.Ops``)."""
+        ops = self.ops_for(x, gemm_dtype)
         T = self.pos_embed.shape[1]
         B = x.shape[0] // T
         H = self.blocks[0].attn.num_heads
@@ -80,16 +81,24 @@ class SHRBlock(Fused, ref.SHRBlock):
         w_p = self.cached("w_proj", [m.proj.weight for m in a], lambda: stack(*(m.proj.weight for m in a)))
         b_p = self.cached("b_proj", [m.proj.bias for m in a], lambda: stack(*(m.proj.bias for m in a)))
         if ops.impl["ln_linear"] in ("aten", "onednn"):
-            # one GEMM per hypothesis anyway: its [M, 3C] output as it is (no concat of oneDNN's outputs), and
-            # one attention per hypothesis writing its slice of the output
-            qkvs = ops.ln_linear_groups(X, w_qkv, b_qkv, ln_weight=ln_w, ln_bias=ln_b, eps=n[0].eps)
-            o = X.new_empty(B, N, 3, H, C // H)
-            for g, qkv in enumerate(qkvs):
-                ops.attention(*_hyp_views(qkv, B, N, 1, H), out=o[:, :, g:g + 1])
+            # One GEMM per hypothesis anyway, so one hypothesis at a time: LN + QKV, attention, proj + residual,
+            # each reading what the step before wrote while it is still in cache (measured on a 2-core AMX Xeon:
+            # the GEMMs of the whole-model run took ~1.8x their time alone, waiting on memory). At inference the
+            # proj results go straight to their column blocks of the next buffer (no concat).
+            Y = X.new_empty(X.shape) if eager_inference(X, *self.parameters()) else None
+            ys = []
+            for g in range(3):
+                cols = slice(g * C, (g + 1) * C)
+                qkv = ops.ln_linear(X, w_qkv[g:g + 1], b_qkv[g:g + 1], ln_weight=ln_w[g:g + 1],
+                                    ln_bias=ln_b[g:g + 1], eps=n[g].eps, in_cols=[g * C])  # [M, 3C]
+                o = ops.attention(*_hyp_views(qkv, B, N, 1, H))  # [B, N, 1, H, D]
+                ys.append(ops.ln_linear(o.view(B * N, C), w_p[g:g + 1], b_p[g:g + 1], residual=X[:, cols],
+                                        out=None if Y is None else Y[:, cols]))
+            X = Y if Y is not None else torch.cat(ys, dim=1)
         else:  # one QKV launch and one attention launch over the three hypotheses
             qkv = ops.ln_linear(X, w_qkv, b_qkv, ln_weight=ln_w, ln_bias=ln_b, eps=n[0].eps)  # [M, 3 * 3C]
             o = ops.attention(*_hyp_views(qkv, B, N, 3, H))  # [B, N, 3, H, D]
-        X = ops.ln_linear(o.view(B * N, 3 * C), w_p, b_p, residual=X)
+            X = ops.ln_linear(o.view(B * N, 3 * C), w_p, b_p, residual=X)
         return _mixing_mlp(ops, X, self)
 
     def forward(self, x_1, x_2, x_3):
@@ -134,11 +143,12 @@ class CHIBlock(Fused, ref.CHIBlock):
                                        in_cols=[s * C for s in srcs])  # q, k, v of this step, [M, C] each
             q, k, v = (t.view(B, 1, N, attn.num_heads, -1) for t in qkv)  # [B, 1, N, H, D] (rows (b, n))
             o = ops.attention(q, k, v)  # [B, N, 1, H, D]
-            xa = ops.ln_linear(o.view(B * N, C), attn.proj.weight[None], attn.proj.bias[None],
-                               residual=X[:, a * C:(a + 1) * C])
-            if in_place:  # one column block written, instead of a concat copying all three
-                X[:, a * C:(a + 1) * C].copy_(xa)
+            cols = X[:, a * C:(a + 1) * C]
+            if in_place:  # the residual update written into its column block, instead of a concat of all three
+                ops.ln_linear(o.view(B * N, C), attn.proj.weight[None], attn.proj.bias[None], residual=cols,
+                              out=cols)
             else:
+                xa = ops.ln_linear(o.view(B * N, C), attn.proj.weight[None], attn.proj.bias[None], residual=cols)
                 X = torch.cat([xa if i == a else X[:, i * C:(i + 1) * C] for i in range(3)], dim=1)
         return _mixing_mlp(ops, X, self)
 
@@ -161,6 +171,9 @@ class MHFormer(Fused, ref.MHFormer):
                     "hypothesis LN + regression (BatchNorm folded)": ("ln_linear",)}
     report_glue = ("input transpose (34 x F per window), embedding stack, pos_embed_k add, CHI column writes "
                    "(in place at inference, torch.cat under autograd); F=27 embedding ReLU")
+    # Set by pyengine.load for a bf16 model that keeps its MHG in float32 (arch.ArchSpec.fp32_modules_bf16_gemms):
+    # the MHG's GEMMs then run in this dtype on CPU, while the rest of the model is in it.
+    fp32_gemm_dtype = None
 
     def __init__(self, *args, backend="auto", allow_tf32=False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -168,8 +181,8 @@ class MHFormer(Fused, ref.MHFormer):
         self.set_backend(backend, allow_tf32)
 
     def _embed(self, ops, x1, x2, x3, B, F):
-        """Three per-frame linears 34 -> C (F == 27: Conv -> BatchNorm -> ReLU, BN folded) in one launch,
-        writing the ``[B*F, 3C]`` hypothesis buffer."""
+        """Three per-frame linears 34 -> C (F == 27: Conv -> BatchNorm -> ReLU, BN folded) in one launch, plus the
+        hypotheses' pos_embed: the ``[B*F, 3C]`` hypothesis buffer."""
         T = x1.shape[0] // B
         E = torch.stack([x1.view(B, T, F), x2.view(B, T, F), x3.view(B, T, F)], dim=1)  # [B, 3, 34, F]
         E = E.to(self.regression[1].weight.dtype)  # an fp32 MHG in a bf16 model (pyengine.load's policy)
@@ -188,10 +201,24 @@ class MHFormer(Fused, ref.MHFormer):
                 folded = [fold_batchnorm_before(e[1], e[0].weight[:, :, 0], e[0].bias) for e in embs]
                 return stack(*(w for w, _ in folded)), stack(*(b for _, b in folded))
             w, b = self.cached("emb", srcs, build)
-            return torch.relu(ops.ln_linear(E, w, b))
+            th = self.Transformer_hypothesis
+            P = self.cached("pos", [th.pos_embed_1, th.pos_embed_2, th.pos_embed_3],
+                            lambda: torch.cat([th.pos_embed_1, th.pos_embed_2, th.pos_embed_3], dim=2))
+            return (torch.relu(ops.ln_linear(E, w, b)).view(B, F, -1) + P).view(B * F, -1)
         w = self.cached("emb_w", [e.weight for e in embs], lambda: stack(*(e.weight[:, :, 0] for e in embs)))
         b = self.cached("emb_b", [e.bias for e in embs], lambda: stack(*(e.bias for e in embs)))
-        return ops.ln_linear(E, w, b)
+        th = self.Transformer_hypothesis
+        P = self.cached("pos", [th.pos_embed_1, th.pos_embed_2, th.pos_embed_3],
+                        lambda: torch.cat([th.pos_embed_1, th.pos_embed_2, th.pos_embed_3], dim=2))  # [1, F, 3C]
+        if ops.impl["ln_linear"] in ("aten", "onednn") and eager_inference(E, w, b, P):
+            # each hypothesis' GEMM result + its pos_embed written straight into its column block (no concat)
+            ys = ops.ln_linear_groups(E, w, b)
+            C = w.shape[1]
+            X = E.new_empty(B * F, 3 * C)
+            for k, y in enumerate(ys):
+                torch.add(y.view(B, F, C), P[:, :, k * C:(k + 1) * C], out=X.view(B, F, 3 * C)[:, :, k * C:(k + 1) * C])
+            return X
+        return (ops.ln_linear(E, w, b).view(B, F, -1) + P).view(B * F, -1)
 
     def _regress(self, ops, X):
         """Hypothesis LN(3C) -> BatchNorm(3C) (folded) -> per-frame linear 3C -> 3J, one launch."""
@@ -212,14 +239,14 @@ class MHFormer(Fused, ref.MHFormer):
         B, F, J, _ = x.shape
         ops = self.ops_for(x)
         x0 = x.to(self.norm_1.weight.dtype).reshape(B, F, 2 * J).transpose(1, 2).contiguous().view(B * 2 * J, F)
-        x1 = self.Transformer_encoder_1.encode_residual(x0, self.norm_1)
-        x2 = self.Transformer_encoder_2.encode_residual(x1, self.norm_2)
-        x3 = self.Transformer_encoder_3.encode_residual(x2, self.norm_3)
-        X = self._embed(ops, x1, x2, x3, B, F)
+        mhg = self.fp32_gemm_dtype  # mixed precision only while the model is in that dtype and the MHG is not
+        if mhg is None or x.device.type != "cpu" or self.regression[1].weight.dtype != mhg or x0.dtype == mhg:
+            mhg = None
+        x1 = self.Transformer_encoder_1.encode_residual(x0, self.norm_1, mhg)
+        x2 = self.Transformer_encoder_2.encode_residual(x1, self.norm_2, mhg)
+        x3 = self.Transformer_encoder_3.encode_residual(x2, self.norm_3, mhg)
+        X = self._embed(ops, x1, x2, x3, B, F)  # [B*F, 3C], the hypotheses' pos_embed added
         th = self.Transformer_hypothesis
-        P = self.cached("pos", [th.pos_embed_1, th.pos_embed_2, th.pos_embed_3],
-                        lambda: torch.cat([th.pos_embed_1, th.pos_embed_2, th.pos_embed_3], dim=2))
-        X = (X.view(B, F, -1) + P).view(B * F, -1)
         N = F
         for i, blk in enumerate(th.SHR_blocks):
             if th.token_num is not None and i == th.layer_index:

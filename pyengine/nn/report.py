@@ -53,8 +53,12 @@ def report(model) -> Report:
     if not fused:
         why = getattr(info, "backend_reason", None) or "no fused module: the eager reference runs"
         rows.append(ReportRow("(whole model)", type(model).__name__, "reference", f"reference: {why}"))
+    kept = getattr(info, "fp32_modules", ())
+    mixed = getattr(info, "fp32_bf16_gemms", False) and device.type == "cpu"  # kept fp32 parts' GEMMs in bf16
     for name, m in fused:
-        choice = m.ops_for(torch.empty(0, device=device, dtype=dtype)).choice
+        in_kept = any(name == k or name.startswith(k + ".") for k in kept)
+        gemm = torch.bfloat16 if mixed and in_kept else None
+        choice = m.ops_for(torch.empty(0, device=device, dtype=dtype), gemm).choice
         own = [c for c in type(m).__mro__ if "report_parts" in c.__dict__ or "report_glue" in c.__dict__]
         for cls in own:
             for what, ops in cls.__dict__.get("report_parts", {}).items():
@@ -65,10 +69,10 @@ def report(model) -> Report:
         if glue and not name:
             rows.append(ReportRow("(model)", "torch glue: " + glue, "torch", "torch: elementwise glue between fused "
                                                                               "launches"))
-    kept = getattr(info, "fp32_modules", ())
     if kept and all(p.dtype == torch.float32 for n in kept for p in model.get_submodule(n).parameters()):
-        rows.append(ReportRow("(model)", f"precision: {', '.join(kept)} kept float32 in this {str(dtype)[6:]} model",
-                              "float32", f"float32: {info.fp32_why}"))
+        gemms = ", their GEMMs in bf16" if mixed else ""
+        rows.append(ReportRow("(model)", f"precision: {', '.join(kept)} kept float32 in this {str(dtype)[6:]} "
+                                         f"model{gemms}", "float32", f"float32: {info.fp32_why}"))
     if fused and device.type == "cpu" and heap_state() is not None:
         rows.append(ReportRow("(process)", "CPU heap between forwards", "malloc", f"malloc: {heap_state()}"))
     graphs = graph_status(model)

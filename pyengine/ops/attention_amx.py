@@ -34,6 +34,7 @@ Two registered ops:
 import torch
 
 from ..backends import BackendUnavailableError, cpp_extension, tracing
+from ._direct import direct_call_ok
 from .attention import _backward_cpp, _setup_context_cpp, check_attention_args, check_unit_head_stride
 
 MAX_HEAD_DIM = 256
@@ -136,6 +137,12 @@ def _(q, k, v, out):
     return None
 
 
+def _plain_eager(q, *others) -> bool:
+    """A plain eager call (``ops._direct.direct_call_ok``) on plain tensors none of which needs a gradient."""
+    return direct_call_ok(q) and all(type(t) is torch.Tensor and not (t.requires_grad and torch.is_grad_enabled())
+                                     for t in others)
+
+
 def attention_amx(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax((q @ k^T) * D**-0.5) @ v`` per (batch, group, head) on AMX tiles -> a new contiguous
     ``[B, Nq, G, H, D]`` bfloat16 tensor; see the module docstring. Differentiable (the backward recomputes through
@@ -144,6 +151,11 @@ def attention_amx(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     check_amx_args(q, k, v)
     if not tracing():
         _extension()
+    if _plain_eager(q, k, v):  # the kernel itself, without the custom op's dispatch (ops/_direct.py)
+        B, G, Nq, H, D = q.shape
+        out = torch.empty((B, Nq, G, H, D), dtype=q.dtype, device=q.device)
+        _extension().attention_amx_cpu(q, k, v, out)
+        return out
     return attention_amx_op(q, k, v)
 
 
@@ -154,5 +166,8 @@ def attention_amx_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: to
     check_out(q, out)
     if not tracing():
         _extension()
+    if _plain_eager(q, k, v, out):  # the kernel itself, without the custom op's dispatch (ops/_direct.py)
+        _extension().attention_amx_cpu(q, k, v, out)
+        return out
     attention_amx_out_op(q, k, v, out)
     return out

@@ -50,22 +50,36 @@ def ln_linear_ref(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-
 
 
 def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, in_cols=None,
-                   activation="none", residual=None, gemm="aten", packs=None, split=False):
+                   activation="none", residual=None, gemm="aten", packs=None, split=False, compute_dtype=None,
+                   casts=None, out=None):
     """The ``cpp`` / ``cuda`` backends' dense path: the reference's math on vendor kernels with less glue (fp32 on
     CPU is GEMM-bound, so glue is all a composition can lose): one group, or groups that read the same columns
     without a LayerNorm, are ONE GEMM over the ``[G*N, K]`` view of the stacked weight (no concat: a concat of one
-    tensor is a full copy). Several groups on different columns run one GEMM per group: on ATen at inference each
-    writes its column block of one output, else (oneDNN, autograd, compile, export) a concat.
+    tensor is a full copy). Several groups on different columns run one GEMM per group: at inference each writes
+    its column block of one output (ATen's addmm directly; oneDNN, which has no out=, through its residual add or
+    a copy), else (autograd, compile, export) a concat.
 
     ``gemm``: ``"aten"`` (``F.linear``: cuBLAS / MKL; GELU a separate pass; at inference the residual + bias are
     summed into the output and the GEMM accumulates onto them, :func:`addmm_into`) or
     ``"onednn"`` (CPU: :func:`pyengine.ops.onednn_linear.onednn_linear`, one oneDNN primitive per GEMM with the
     bias, GELU and residual in its epilogue; ``packs``, a :class:`~pyengine.ops.onednn_linear.PackedWeights`,
-    supplies prepacked bf16 weights at inference).
+    supplies prepacked bf16 weights at inference). A strided residual (a column block), or a result that goes to
+    a column block of a bigger output, is added after the GEMM instead of in its epilogue (which would copy the
+    strided residual first; the add writes the column block in the same pass).
 
     ``split``: return the G group outputs ``[M, N]`` as a list (views where one GEMM or one buffer holds them)
-    instead of ``[M, G*N]``, for consumers that read each group on its own (attention): no concat."""
+    instead of ``[M, G*N]``, for consumers that read each group on its own (attention): no concat.
+
+    ``out`` (inference only): write the result into this ``[M, G*N]`` tensor (any row stride, e.g. a column block
+    of the caller's buffer; it may be ``residual`` itself, an in-place residual update) and return it.
+
+    ``compute_dtype`` (mixed precision; None: x's dtype): the GEMM's operand dtype. The LayerNorm runs in x's dtype
+    (its statistics and output), then the GEMM input, weight and bias are rounded to ``compute_dtype`` (weights
+    through ``casts``, a :class:`WeightCasts`, once per weight version at inference) and the GEMM runs in it; a
+    residual of another dtype is added after the GEMM, in the residual's dtype, which is then the output's (a
+    float32 residual stream stays float32); without a residual the output is in ``compute_dtype``."""
     G, N, K = weight.shape
+    cd = x.dtype if compute_dtype is None else compute_dtype
     if in_cols is None:
         in_cols = default_in_cols(x.shape[1], G, K)
     if gemm not in ("aten", "onednn"):
@@ -77,14 +91,15 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
         groups = [(c, weight[g], None if bias is None else bias[g],
                    None if ln_weight is None else (ln_weight[g], ln_bias[g]),
                    None if residual is None else residual[:, g * N:(g + 1) * N]) for g, c in enumerate(in_cols)]
-    # Several groups: with nothing to differentiate, each group's ATen GEMM writes its column block of one output
-    # (addmm's out= takes the strided slice as is) instead of a concat copying every group once more.
-    # Autograd (out= has no derivative), compile / export and oneDNN (no out=; ATen's bf16 addmm computes a strided
-    # out= into a temporary and copies it, slower than oneDNN + the concat) concatenate.
     inference = eager_inference(x, weight, bias, ln_weight, ln_bias, residual)
-    into = None
-    if len(groups) > 1 and gemm == "aten" and inference:
-        into = x.new_empty(x.shape[0], G * N)
+    if out is not None and not inference:
+        raise ValueError("out: only at inference (out= has no derivative, and compile / export trace no writes); "
+                         "got a call that records autograd or traces")
+    # Several groups at inference: each group's result goes to its column block of one output instead of a concat
+    # copying every group once more. Autograd (out= has no derivative) and compile / export concatenate.
+    into = out
+    if into is None and len(groups) > 1 and inference and not split:
+        into = x.new_empty(x.shape[0], G * N, dtype=cd if residual is None else residual.dtype)
     # LayerNorm at CPU inference: pyengine's C++ kernel reads the strided column block in place (F.layer_norm copies
     # it to contiguous first) and is faster in bf16 (measured 1.4x on 1296 x 1536); elsewhere F.layer_norm.
     cpp_ln = ln_weight is not None and inference and x.device.type == "cpu" and group_layernorm_runs(x)
@@ -93,8 +108,27 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
         a = x[:, c:c + K]
         if ln is not None:
             a = (group_layernorm_rows(a, ln[0], ln[1], eps) if cpp_ln else F.layer_norm(a, (K,), ln[0], ln[1], eps))
-        if into is not None:
-            addmm_into(into[:, g * N:(g + 1) * N], a, w, b, activation, res)
+        if cd != a.dtype:
+            a = a.to(cd)
+        if cd != w.dtype:
+            w, b = _cast(w, cd, casts, inference), None if b is None else _cast(b, cd, casts, inference)
+        dst = None if into is None else into[:, g * N:(g + 1) * N] if len(groups) > 1 else into
+        # ATen's addmm writes a column block in place, the residual and bias summed into it first
+        if dst is not None and gemm == "aten" and dst.dtype == cd and (res is None or res.dtype == cd):
+            addmm_into(dst, a, w, b, activation, res)
+            continue
+        # The residual is added after the GEMM where it has another dtype (mixed precision: in the residual's), where
+        # the result goes to a column block, and on oneDNN where it is strided (a column block itself: the epilogue
+        # would copy it first). The same rule with and without autograd, so both give the same bits.
+        late = res is not None and (res.dtype != cd or (gemm == "onednn" and not res.is_contiguous()))
+        if dst is not None or late:
+            y = _gemm(a, w, b, activation, gemm, packs, inference)
+            if dst is None:
+                outs.append(torch.add(res, y))
+            elif res is None:
+                dst.copy_(y)
+            else:
+                torch.add(res, y, out=dst)
             continue
         if gemm == "onednn":
             outs.append(onednn_linear_prepacked(a, w, b, activation, res, packs))
@@ -108,10 +142,55 @@ def ln_linear_aten(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e
             y = F.gelu(y)
         outs.append(y if res is None else y.add_(res))  # y is a fresh tensor: in place is safe
     if into is not None:
-        outs = [into]
+        return into
     if split:
         return list(outs[0].split(N, dim=1)) if len(outs) == 1 else outs
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+def _gemm(a, w, b, activation, gemm, packs, inference):
+    """``act(a @ w.T + b)`` as a fresh tensor, on oneDNN or ATen."""
+    if gemm == "onednn":
+        return onednn_linear_prepacked(a, w, b, activation, None, packs)
+    y = F.linear(a, w, b)
+    if activation == "gelu":
+        y = torch.ops.aten.gelu_(y) if inference else F.gelu(y)
+    return y
+
+
+def _cast(t, dtype, casts, inference):
+    """``t`` in ``dtype``: from ``casts`` at inference (made once per weight version), else ``t.to(dtype)``, which
+    autograd differentiates back to the parameter."""
+    if casts is not None and inference:
+        return casts.get(t, dtype)
+    return t.to(dtype)
+
+
+class WeightCasts:
+    """Copies of weights in a GEMM's compute dtype (mixed precision: ``ln_linear_aten(compute_dtype=...)``), made
+    once per weight version. An entry is keyed by the weight's (data pointer, shape, strides, dtype) and remembers
+    its ``_version``, so an in-place update (``load_state_dict``, ``copy_``) recasts it; the entry holds the
+    weight, so its memory cannot be reused by another tensor while cached. The cache is cleared when it reaches
+    ``MAX_ENTRIES``. Inference tensors (no version counter) are cast on every call."""
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self):
+        self._casts = {}
+
+    def get(self, t, dtype):
+        if t.is_inference():
+            return t.to(dtype)
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype, dtype)
+        hit = self._casts.get(key)
+        if hit is None or hit[0] != t._version:
+            if len(self._casts) >= self.MAX_ENTRIES:
+                self._casts.clear()
+            hit = self._casts[key] = (t._version, t, t.detach().to(dtype).contiguous())
+        return hit[2]
+
+    def __len__(self):
+        return len(self._casts)
 
 
 def addmm_into(y, a, w, b, activation, res):
@@ -268,4 +347,4 @@ def ln_linear(x, weight, bias=None, *, ln_weight=None, ln_bias=None, eps=1e-6, i
                         bool(allow_tf32))
 
 
-__all__ = ["ln_linear", "ln_linear_ref", "ln_linear_op", "ln_linear_backward", "check_ln_linear_args"]
+__all__ = ["ln_linear", "ln_linear_ref", "WeightCasts", "ln_linear_op", "ln_linear_backward", "check_ln_linear_args"]

@@ -5,10 +5,13 @@ CUDA graphs are on by default on CUDA, and capture fails on any host sync (``.it
 architecture's *second* forward (the first may build weight caches) runs under a recorder of those calls, on the
 C++ backend and on Triton under the interpreter. Value checks belong where data enters (``lift``, ``Lifter``,
 the file readers, the CLI), not in the forward."""
+import contextlib
+
 import pytest
 import torch
 
 import pyengine
+from pyengine import launch_record
 from pyengine.testing import HostSyncRecorder, randomize_, rel_error
 
 from small_configs import SMALL, arch_of, call
@@ -33,8 +36,13 @@ def _model_and_input(name, backend):
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("name", list(SMALL))
 def test_steady_state_forward_makes_no_host_sync(name, backend):
+    """On Triton the forwards run dry (``launch_record.record(execute=False)``: every launch goes through its
+    launcher, the kernels are not interpreted) with the launchers' CUDA configurations, so the Python that runs
+    on a GPU is what is checked, in seconds instead of minutes. The launches of a dry forward are those of an
+    executed one (tests/kernels/test_launch_record.py); the kernels' values are tested in tests/engine/."""
     arch, model, x = _model_and_input(name, backend)
-    with torch.no_grad():
+    dry = launch_record.record(execute=False, gpu_configs=True) if backend == "triton" else contextlib.nullcontext()
+    with torch.no_grad(), dry as launches:
         first = call(model, arch, x)  # builds the weight caches
         with HostSyncRecorder() as rec:
             call(model, arch, x)
@@ -44,6 +52,8 @@ def test_steady_state_forward_makes_no_host_sync(name, backend):
             with HostSyncRecorder() as rec:
                 call(model, arch, x, index)
             assert not rec.calls, f"{name} on {backend} with index=: host syncs:\n" + "\n".join(rec.calls)
+    if backend == "triton":  # the forwards did go through the Triton launchers
+        assert len(launches.launches) > 2, launches.launches
 
 
 def test_the_recorder_sees_each_kind_of_sync():

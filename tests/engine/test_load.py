@@ -362,6 +362,35 @@ def test_a_half_precision_mhformer_keeps_its_mhg_in_fp32_and_reports_it(dtype):
     assert "kept float32" not in str(plain.report())
 
 
+def test_a_bf16_mhformer_runs_its_fp32_mhg_gemms_in_bf16_on_cpu():
+    """The MHG kept float32 in a bf16 MHFormer still runs its GEMMs in bf16 on CPU (LayerNorm and residuals in
+    fp32; ``arch.ArchSpec.fp32_modules_bf16_gemms``), said so in report(); only while the model is in bf16."""
+    ref = small_mhformer(27, seed=3)
+    model = pyengine.load(ref, dtype=torch.bfloat16)
+    assert model.fp32_gemm_dtype == torch.bfloat16 and model.pyengine.fp32_bf16_gemms
+    assert "their GEMMs in bf16" in str(model.report())
+    assert pyengine.load(ref, dtype=torch.float16).fp32_gemm_dtype is None  # bf16 only
+    x = poses(2, 27)
+    enc = model.Transformer_encoder_1
+    with torch.no_grad():
+        want = ref.double()(x.double())
+        ref.float()
+        enc.__dict__["_ops_cache"] = {}
+        mixed = model(x)
+        assert {ops.gemm_dtype for ops in enc._ops_cache.values()} == {torch.bfloat16}
+        assert all(len(ops.weight_casts) > 0 for ops in enc._ops_cache.values())  # bf16 copies, made once
+        model.fp32_gemm_dtype = None
+        fp32_mhg = model(x)
+        model.fp32_gemm_dtype = torch.bfloat16
+    assert not torch.equal(mixed, fp32_mhg)  # the MHG's GEMMs did run in bf16
+    assert rel_error(mixed, want) < 0.05
+    model.float()  # the whole model in fp32: no bf16 GEMM anywhere
+    enc.__dict__["_ops_cache"] = {}
+    with torch.no_grad():
+        model(x)
+    assert {ops.gemm_dtype for ops in enc._ops_cache.values()} == {None}
+
+
 def test_info_is_readable():
     info = pyengine.load(small_mhformer(27).state_dict()).pyengine
     text = str(info)

@@ -332,3 +332,68 @@ def test_cpu_inference_runs_the_layernorm_prologue_on_the_cpp_kernel(dtype):
     got_g, ops = dispatched_ops(ln_linear_aten, xg, *args[1:3], ln_weight=args[3], ln_bias=args[4], **kw)
     assert sum("native_layer_norm" in o for o in ops) == 3, ops
     assert_close(f"ln_linear autograd {dtype}", got_g.detach(), want, eager)
+
+
+@pytest.mark.parametrize("gemm", ["aten", "onednn"])
+@pytest.mark.parametrize("act,res", [("none", False), ("gelu", False), ("none", True)])
+def test_mixed_precision_rounds_the_gemm_operands_only(gemm, act, res):
+    """``compute_dtype=bf16`` on fp32 inputs (a float32 part of a bf16 model, e.g. MHFormer's MHG): LayerNorm in
+    fp32, then the GEMM's input, weight and bias rounded to bf16 and the GEMM in bf16; an fp32 residual is added
+    after, in fp32 (the output is then fp32, else bf16). Inference (weights cast once, through ``WeightCasts``)
+    and autograd (``weight.to``) give the same bits, and an in-place weight update is seen."""
+    from pyengine.ops.ln_linear import WeightCasts, ln_linear_aten
+    from pyengine.ops.onednn_linear import onednn_bf16_runs
+    if gemm == "onednn" and not onednn_bf16_runs():
+        pytest.skip("this CPU's oneDNN runs no bf16 inner product")
+    bf = torch.bfloat16
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(37, 24, generator=g) + 20.0  # LayerNorm of bf16-rounded rows would be ~5% off
+    w, b = torch.randn(1, 16, 24, generator=g) * 0.2, torch.randn(1, 16, generator=g)
+    lw, lb = 1 + 0.2 * torch.randn(1, 24, generator=g), 0.1 * torch.randn(1, 24, generator=g)
+    r = torch.randn(37, 16, generator=g) if res else None
+    kw = dict(ln_weight=lw, ln_bias=lb, eps=1e-6, activation=act, residual=r)
+    # the composition it stands for: fp32 LayerNorm -> bf16 GEMM (+ GELU) -> + fp32 residual
+    a = torch.nn.functional.layer_norm(x, (24,), lw[0], lb[0], 1e-6).to(bf)
+    z = torch.nn.functional.linear(a.double(), w[0].to(bf).double(), b[0].to(bf).double())
+    z = torch.nn.functional.gelu(z) if act == "gelu" else z
+    want = z + r.double() if res else z
+    casts = WeightCasts()
+    with torch.no_grad():
+        got = ln_linear_aten(x, w, b, gemm=gemm, compute_dtype=bf, casts=casts, **kw)
+    assert got.dtype == (torch.float32 if res else bf) and len(casts) == 2  # weight and bias, cast once
+    # bf16 GEMM output rounding (before the fp32 residual add) and GELU's bf16 rounding
+    assert rel_error(got.double(), want) < 8e-3
+    wg = w.clone().requires_grad_()
+    autograd = ln_linear_aten(x, wg, b, gemm=gemm, compute_dtype=bf, casts=casts, **kw)
+    assert torch.equal(autograd.detach(), got)
+    autograd.float().sum().backward()
+    assert wg.grad is not None and wg.grad.dtype == torch.float32 and wg.grad.abs().sum() > 0
+    with torch.no_grad():
+        w.mul_(2)  # in place: the cached bf16 copy must be remade
+        again = ln_linear_aten(x, w, b, gemm=gemm, compute_dtype=bf, casts=casts, **kw)
+        assert torch.equal(again, ln_linear_aten(x, w, b, gemm=gemm, compute_dtype=bf, casts=WeightCasts(), **kw))
+        assert not torch.equal(again, got)
+
+
+@pytest.mark.parametrize("gemm", ["aten", "onednn"])
+def test_out_writes_the_column_block_in_place(gemm):
+    """``out=``: the result written into a column block of a bigger buffer (the rest untouched), also where out is
+    the residual itself (CHI's in-place update); only at inference."""
+    from pyengine.ops.ln_linear import ln_linear_aten
+    g = torch.Generator().manual_seed(8)
+    X = torch.randn(37, 48, generator=g)
+    o = torch.randn(37, 16, generator=g)
+    w, b = torch.randn(1, 16, 16, generator=g) * 0.2, torch.randn(1, 16, generator=g)
+    with torch.no_grad():
+        want = ln_linear_ref(o, w, b, residual=X[:, 16:32])
+        buf = torch.full((37, 48), float("nan"))
+        got = ln_linear_aten(o, w, b, gemm=gemm, residual=X[:, 16:32], out=buf[:, 16:32])
+        assert got.data_ptr() == buf[:, 16:32].data_ptr()
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert buf[:, :16].isnan().all() and buf[:, 32:].isnan().all()
+        inplace = X.clone()
+        ln_linear_aten(o, w, b, gemm=gemm, residual=inplace[:, 16:32], out=inplace[:, 16:32])
+        assert torch.allclose(inplace[:, 16:32], want, rtol=1e-5, atol=1e-5)
+        assert torch.equal(inplace[:, :16], X[:, :16]) and torch.equal(inplace[:, 32:], X[:, 32:])
+    with pytest.raises(ValueError, match="out: only at inference"):
+        ln_linear_aten(o, w.requires_grad_(), b, gemm=gemm, residual=X[:, 16:32], out=buf[:, 16:32])
