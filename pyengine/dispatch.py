@@ -36,6 +36,7 @@ from .ops.attention_amx import (DTYPE as AMX_DTYPE, MAX_HEAD_DIM as AMX_MAX_HEAD
 from .ops.dwconv3x3 import dwconv3x3_ref
 from .ops.dwconv3x3 import run_prepared as dwconv3x3_prepared
 from .ops.gather_tokens import gather_tokens
+from .ops.group_layernorm import group_layernorm_runs
 from .ops.layernorm import layernorm, layernorm_ref
 from .ops.ln_linear import WeightCasts, ln_linear, ln_linear_aten, ln_linear_ref
 from .ops.onednn_linear import (DTYPES as ONEDNN_DTYPES, PackedWeights, _time_once, onednn_available,
@@ -335,6 +336,23 @@ class Ops:
             keep_cpu_heap()  # activations reused between forwards, not page-faulted afresh (pyengine/cpu_heap.py)
         self.onednn_packs = PackedWeights()  # this module's prepacked bf16 weights (ops/onednn_linear.py)
         self.impl = {op: c.impl for op, c in self.choice.items()}
+        self.block_plans = {}  # nn._common.block_forward's resolved GEMM operands per block (CPU inference)
+        # ATen's resolved path only without mixed precision (ln_linear_aten's ATen mixed path has more branches)
+        self.resolved_blocks = (self.device.type == "cpu" and group_layernorm_runs(torch.empty(0, dtype=dtype or
+                                                                                              torch.float32))
+                                and (self.impl["ln_linear"] == "onednn"
+                                     or (self.impl["ln_linear"] == "aten" and self.gemm_dtype is None)))
+
+    def gemm_operands(self, weight, bias, a):
+        """``(weight, bias)`` as the oneDNN GEMM of the rows ``a`` takes them at inference (what ``ln_linear_aten``
+        passes it): cast to a's dtype where they differ (once per weight version, mixed precision) and the weight
+        prepacked where that measured faster (once)."""
+        if weight.dtype != a.dtype:
+            weight = self.weight_casts.get(weight, a.dtype)
+            bias = None if bias is None else self.weight_casts.get(bias, a.dtype)
+        if PackedWeights.usable(a, weight):
+            weight = self.onednn_packs.get(weight, a, bias)
+        return weight, bias
 
     def ln_linear(self, x, weight, bias=None, out=None, **kw):
         """``pyengine::ln_linear`` on this backend; ``out`` (inference only): the result written into it (any row

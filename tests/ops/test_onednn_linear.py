@@ -278,3 +278,39 @@ def test_a_bf16_model_on_prepacked_weights_matches_its_unpacked_self(fresh_choic
     model.load_state_dict(other.state_dict())  # new weights: every pack is rebuilt
     with torch.no_grad():
         assert torch.equal(model(x), pyengine.load(other, backend="auto", dtype=torch.bfloat16)(x))
+
+
+@pytest.mark.parametrize("gemm", ["onednn", "aten"])
+@pytest.mark.parametrize("arch,cfg,dtype", [
+    ("mhformer", dict(frames=27, channel=32, d_hid=48, layers=3), torch.bfloat16),  # MHG in fp32, bf16 GEMMs
+    ("mhformer", dict(frames=27, channel=32, d_hid=48, layers=3), torch.float32),
+    ("mixste", dict(frames=9, channel=32, depth=2, heads=4), torch.bfloat16)])
+def test_the_resolved_block_path_gives_the_generic_paths_bits(fresh_choice, arch, cfg, dtype, gemm):
+    """block_forward's CPU inference path (GEMM operands resolved once per block) runs the same kernels on the
+    same operands as the generic ln_linear_aten path: the same bits, before and after the weights change."""
+    if dtype == torch.bfloat16 and not onednn_bf16_runs():
+        pytest.skip("this CPU's oneDNN runs no bf16 inner product")
+    fresh_choice.setenv("PYENGINE_CPU_GEMM", gemm)
+    fresh_choice.setenv("PYENGINE_CPU_ATTENTION", "sdpa")  # one attention kernel for both runs
+    ref = randomize_(pyengine.arch.MODELS[arch](**cfg), seed=4).eval()
+    model = pyengine.load(ref, backend="auto", dtype=dtype)
+    x = torch.randn(2, cfg["frames"], 17, 2) * 0.3
+    all_ops = lambda: [o for mod in model.modules() for o in mod.__dict__.get("_ops_cache", {}).values()]  # noqa
+    with torch.no_grad():
+        fast = model(x)
+        plans = sum(len(o.block_plans) for o in all_ops())
+        # the resolved path ran; on ATen not for the mixed-precision MHG (its blocks are MHFormer's only ones)
+        assert (plans > 0) == (gemm == "onednn" or not (arch == "mhformer" and dtype == torch.bfloat16))
+        flags = {id(o): o.resolved_blocks for o in all_ops()}
+        for o in all_ops():
+            o.resolved_blocks = False
+        assert torch.equal(model(x), fast)
+        for o in all_ops():
+            o.resolved_blocks = flags[id(o)]
+        other = randomize_(pyengine.arch.MODELS[arch](**cfg), seed=5).eval()
+        model.load_state_dict(pyengine.load(other, backend="reference", dtype=dtype).state_dict())
+        changed = model(x)  # in-place weight updates: every plan is rebuilt
+        assert not torch.equal(changed, fast)
+        for o in all_ops():
+            o.resolved_blocks = False
+        assert torch.equal(model(x), changed)
