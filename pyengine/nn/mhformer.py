@@ -8,8 +8,8 @@ selection and gather see ``cat(x1, x2, x3)`` for free.
 
 Launches per SHR block: LN+QKV (3 hypotheses, one launch), attention (one), proj+residual (one), LN+fc1+GELU
 (one), fc2+residual (one); on ATen / oneDNN (one GEMM per hypothesis anyway) one hypothesis at a time, LN+QKV,
-attention, proj+residual written into its column block of the next buffer. CHI: three sequential steps of LN+QKV, attention, proj+residual, then the
-MLP. MHG encoder block: LN+QKV, attention (34 tokens, head_dim F/9 padded in-kernel), proj+residual,
+attention, proj+residual written into its column block of the next buffer. CHI: three sequential steps of LN+QKV,
+attention, proj+residual, then the MLP. MHG encoder block: LN+QKV, attention (34 tokens, head_dim F/9 padded in-kernel), proj+residual,
 LN+fc1+GELU, fc2+residual; the encoder's input LN + pos_embed and its final LN + outer residual are one
 LayerNorm launch each. The F=27 BatchNorm embeddings and the regression BatchNorm are folded into the
 neighbouring linear layers (eval mode).
@@ -189,6 +189,9 @@ class MHFormer(Fused, ref.MHFormer):
         # rows (b, f); hypothesis k's 34 inputs at columns [34k, 34k + 34)
         E = E.permute(0, 3, 1, 2).contiguous().view(B * F, 3 * T)
         embs = (self.embedding_1, self.embedding_2, self.embedding_3)
+        th = self.Transformer_hypothesis
+        P = self.cached("pos", [th.pos_embed_1, th.pos_embed_2, th.pos_embed_3],
+                        lambda: torch.cat([th.pos_embed_1, th.pos_embed_2, th.pos_embed_3], dim=2))  # [1, F, 3C]
         if self.frames <= 27:  # Sequential(conv, BN, ReLU, Dropout)
             if self.training:
                 raise NotImplementedError(
@@ -201,22 +204,17 @@ class MHFormer(Fused, ref.MHFormer):
                 folded = [fold_batchnorm_before(e[1], e[0].weight[:, :, 0], e[0].bias) for e in embs]
                 return stack(*(w for w, _ in folded)), stack(*(b for _, b in folded))
             w, b = self.cached("emb", srcs, build)
-            th = self.Transformer_hypothesis
-            P = self.cached("pos", [th.pos_embed_1, th.pos_embed_2, th.pos_embed_3],
-                            lambda: torch.cat([th.pos_embed_1, th.pos_embed_2, th.pos_embed_3], dim=2))
             return (torch.relu(ops.ln_linear(E, w, b)).view(B, F, -1) + P).view(B * F, -1)
         w = self.cached("emb_w", [e.weight for e in embs], lambda: stack(*(e.weight[:, :, 0] for e in embs)))
         b = self.cached("emb_b", [e.bias for e in embs], lambda: stack(*(e.bias for e in embs)))
-        th = self.Transformer_hypothesis
-        P = self.cached("pos", [th.pos_embed_1, th.pos_embed_2, th.pos_embed_3],
-                        lambda: torch.cat([th.pos_embed_1, th.pos_embed_2, th.pos_embed_3], dim=2))  # [1, F, 3C]
         if ops.impl["ln_linear"] in ("aten", "onednn") and eager_inference(E, w, b, P):
             # each hypothesis' GEMM result + its pos_embed written straight into its column block (no concat)
             ys = ops.ln_linear_groups(E, w, b)
             C = w.shape[1]
             X = E.new_empty(B * F, 3 * C)
             for k, y in enumerate(ys):
-                torch.add(y.view(B, F, C), P[:, :, k * C:(k + 1) * C], out=X.view(B, F, 3 * C)[:, :, k * C:(k + 1) * C])
+                cols = slice(k * C, (k + 1) * C)
+                torch.add(y.view(B, F, C), P[:, :, cols], out=X.view(B, F, 3 * C)[:, :, cols])
             return X
         return (ops.ln_linear(E, w, b).view(B, F, -1) + P).view(B * F, -1)
 
